@@ -1,0 +1,18 @@
+"""Experiments: one absl-flag module per topic, sharing `experiments.runtime`.
+
+`python -m experiments` lists them; `python -m experiments all --quick` runs them all.
+"""
+
+import os
+
+# Must be set before TensorFlow is first imported by any experiment.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# name -> (module, one-line description). The runtime never imports these; only the CLI does.
+EXPERIMENTS = {
+    "softmax_regression": (
+        "experiments.softmax_regression",
+        "Runtime example: softmax regression on digits, the notes' softmax-layer gradient.",
+    ),
+}

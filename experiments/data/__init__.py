@@ -1,0 +1,1 @@
+"""Data sources: embedded defaults (offline) and TFDS / local files behind `--dataset`."""

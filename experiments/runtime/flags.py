@@ -1,0 +1,143 @@
+"""Flags shared by every experiment, with validators that give one-line errors.
+
+Topic modules define their own flags next to these and may change defaults with
+`flags.FLAGS.set_default`; `apply_quick_preset` lets `--quick` shrink a run unless the user
+set the flag explicitly.
+"""
+
+import math
+import os
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Directory for config.json, TensorBoard events (train/, validation/), checkpoints, "
+    "results.json and report.md. Default: runs/<experiment>/<UTC timestamp>. Rerunning a "
+    "command with the same --model_dir resumes from its latest checkpoint.",
+)
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    STRATEGIES,
+    "tf.distribute strategy: auto (mirrored when >1 GPU, else one_device), one_device, "
+    "mirrored (all local GPUs, or --cpu_replicas logical CPUs), multi_worker (reads "
+    "TF_CONFIG), tpu (--tpu).",
+)
+flags.DEFINE_integer("seed", 0, "Random seed for weights, data order and dropout.", lower_bound=0)
+flags.DEFINE_integer("epochs", 10, "Training epochs per configuration.", lower_bound=1)
+flags.DEFINE_integer(
+    "batch_size", 64, "Global batch size, split evenly across replicas.", lower_bound=1
+)
+flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+flags.DEFINE_string(
+    "dataset", None, "Dataset; each experiment lists its choices (embedded default first)."
+)
+flags.DEFINE_string("data_dir", None, "TFDS data_dir for --dataset choices loaded through TFDS.")
+flags.DEFINE_bool("quick", False, "Small preset that finishes in about 2 minutes on 2 CPU cores.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward and backward pass.")
+flags.DEFINE_bool(
+    "mixed_precision", False, "Compute in bfloat16 with float32 variables (mixed_bfloat16)."
+)
+flags.DEFINE_bool(
+    "deterministic", True, "Enable TF op determinism: same flags + seed, same numbers."
+)
+flags.DEFINE_float(
+    "clip_norm", None, "Clip gradients to this global L2 norm (after the cross-replica sum)."
+)
+flags.DEFINE_integer(
+    "cpu_replicas",
+    1,
+    "Split the host CPU into this many logical devices, so --strategy=mirrored runs "
+    "several replicas without GPUs.",
+    lower_bound=1,
+)
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
+flags.DEFINE_integer(
+    "worker_timeout",
+    120,
+    "Seconds a multi_worker run waits for its peers before failing.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "log_every_steps", 50, "Write training scalars every this many steps.", lower_bound=1
+)
+
+# Flags whose value does not change a run's numbers: a resumed run may differ in these.
+NON_RESULT_FLAGS = frozenset({"model_dir", "worker_timeout", "log_every_steps"})
+
+
+@flags.validator("learning_rate", message="--learning_rate must be a finite number > 0")
+def _check_learning_rate(value):
+    return value is not None and math.isfinite(value) and value > 0
+
+
+@flags.validator("clip_norm", message="--clip_norm must be a finite number > 0")
+def _check_clip_norm(value):
+    return value is None or (math.isfinite(value) and value > 0)
+
+
+@flags.validator("model_dir", message="--model_dir must not be empty")
+def _check_model_dir(value):
+    return value is None or value.strip() != ""
+
+
+@flags.multi_flags_validator(
+    ["strategy", "tpu"], message="--strategy=tpu needs --tpu=<name or grpc:// address>"
+)
+def _check_tpu(values):
+    return values["strategy"] != "tpu" or bool(values["tpu"])
+
+
+@flags.multi_flags_validator(
+    ["strategy", "cpu_replicas"],
+    message="--cpu_replicas > 1 needs --strategy=mirrored (or auto)",
+)
+def _check_cpu_replicas(values):
+    return values["cpu_replicas"] == 1 or values["strategy"] in ("mirrored", "auto")
+
+
+def declare_datasets(choices, default=None):
+    """Declares the `--dataset` choices of the experiment being defined.
+
+    Args:
+        choices: Dataset names; the first is the embedded, offline default.
+        default: The default choice (defaults to `choices[0]`).
+    """
+    choices = tuple(choices)
+    FLAGS.set_default("dataset", default or choices[0])
+    FLAGS["dataset"].help = (
+        f"Dataset: one of {', '.join(choices)}. {choices[0]} is embedded (no network)."
+    )
+
+    @flags.validator("dataset", message=f"--dataset must be one of: {', '.join(choices)}")
+    def _check_dataset(value):
+        return value in choices
+
+
+def apply_quick_preset(**values):
+    """Under `--quick`, sets each flag in `values` unless the user passed it explicitly."""
+    if not FLAGS.quick:
+        return
+    for name, value in values.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+
+
+def resolved_flags():
+    """The experiment's flags (runtime + topic) as a JSON-ready dict, sorted by name."""
+    skip = ("absl.", "tensorflow", "tensorboard", "keras")
+    values = {}
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        if os.path.basename(str(module)).startswith(skip) or str(module).startswith(skip):
+            continue
+        for flag in module_flags:
+            values[flag.name] = flag.value
+    for name in ("help", "helpfull", "helpshort", "helpxml", "flagfile", "undefok"):
+        values.pop(name, None)
+    return dict(sorted(values.items()))

@@ -1,0 +1,295 @@
+"""One experiment run: flags -> strategy -> model_dir -> ... -> results.json and report.md.
+
+`launch(name, experiment_fn)` is what a topic module's `__main__` calls. It parses flags
+(exit 2 with one line on a bad one), builds a `Run` and hands it to `experiment_fn(run)`,
+which does the science through `run.trainer(...)`, `run.claim(...)`, `run.add_table(...)`,
+`run.add_figure(...)`; the launcher then writes results.json, report.md and TensorBoard text.
+"""
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import logging
+from absl import flags
+
+from experiments.runtime import flags as runtime_flags
+from experiments.runtime.errors import ConfigError
+
+FLAGS = flags.FLAGS
+
+CONFIG_FILE, RESULTS_FILE, REPORT_FILE = "config.json", "results.json", "report.md"
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _ensure_writable(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--model_dir={path} is not writable: {e.strerror or e}") from None
+
+
+class Run:
+    """The resolved state of one experiment run.
+
+    Args:
+        name: The experiment's name (used in the default model_dir and the report).
+        argv: The command line, for the report.
+    """
+
+    def __init__(self, name, argv):
+        import keras
+        import tensorflow as tf
+
+        from experiments.runtime import strategy as strategy_lib
+
+        self.name = name
+        self.command = " ".join(
+            ["python -m experiments." + name] + [shlex.quote(a) for a in sys.argv[1:]])
+        self.config = runtime_flags.resolved_flags()
+        self._t0 = time.perf_counter()
+        self.claims, self.sections, self.figures, self.metrics, self.data = [], [], [], {}, {}
+        self.status = "completed"
+
+        if FLAGS.cpu_replicas > 1:
+            strategy_lib.configure_cpu_replicas(FLAGS.cpu_replicas)
+        self.strategy = strategy_lib.get_strategy(FLAGS.strategy, tpu_address=FLAGS.tpu)
+        self.strategy_name = strategy_lib.strategy_name(self.strategy)
+        self.task_type, self.task_id, self.num_workers, self.is_chief = (
+            strategy_lib.worker_info(self.strategy))
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        if FLAGS.batch_size % self.num_replicas:
+            raise ConfigError(
+                f"--batch_size={FLAGS.batch_size} is not divisible by the "
+                f"{self.num_replicas} replicas of --strategy={FLAGS.strategy}")
+        strategy_lib.wait_for_peers(self.strategy, FLAGS.worker_timeout)
+
+        chief_dir = FLAGS.model_dir or os.path.join(
+            "runs", name, datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
+        # Non-chief workers must save too (checkpoints are collective) but not over the chief.
+        self.model_dir = chief_dir if self.is_chief else os.path.join(
+            chief_dir, "workers", f"{self.task_type}_{self.task_id}")
+        self._check_previous_config()
+        self.created_model_dir = not os.path.exists(self.model_dir)
+        _ensure_writable(self.model_dir)
+        _write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config)
+
+        keras.utils.set_random_seed(FLAGS.seed)
+        if FLAGS.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if FLAGS.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        self.versions = {
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        }
+
+    def _check_previous_config(self):
+        path = os.path.join(self.model_dir, CONFIG_FILE)
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            previous = json.load(f)
+        changed = [k for k in self.config if k not in runtime_flags.NON_RESULT_FLAGS
+                   and k in previous and previous[k] != self.config[k]]
+        if changed:
+            diffs = ", ".join(f"--{k}={self.config[k]} (was {previous[k]})" for k in changed)
+            raise ConfigError(
+                f"--model_dir={self.model_dir} holds a run with other flags: {diffs}; "
+                "pass a new --model_dir or the same flags to resume")
+
+    # ------------------------------------------------------------------ for experiments
+    @property
+    def previous_results(self):
+        """The results.json of a finished earlier attempt in this model_dir, or None."""
+        path = os.path.join(self.model_dir, RESULTS_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def subdir(self, *parts):
+        """A directory under model_dir for one configuration of a sweep (created)."""
+        path = os.path.join(self.model_dir, *parts)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def trainer(self, model_fn, optimizer_fn, loss_fn, *, model_dir=None, **kwargs):
+        """A `Trainer` wired to this run's strategy, batch size and flags.
+
+        Args:
+            model_fn, optimizer_fn, loss_fn: As for `Trainer`.
+            model_dir: Where this trainer writes (default: the run's model_dir).
+            **kwargs: Other `Trainer` arguments (metrics_fn, callbacks, ...).
+
+        Returns:
+            A `Trainer`.
+        """
+        from experiments.runtime.loop import Trainer
+
+        kwargs.setdefault("clip_norm", FLAGS.clip_norm)
+        kwargs.setdefault("jit_compile", FLAGS.jit_compile)
+        kwargs.setdefault("log_every_steps", FLAGS.log_every_steps)
+        kwargs.setdefault("global_batch_size", FLAGS.batch_size)
+        return Trainer(self.strategy, model_fn, optimizer_fn, loss_fn,
+                       model_dir=model_dir or self.model_dir, is_chief=self.is_chief, **kwargs)
+
+    def claim(self, text, measured, rule, detail=""):
+        """Records a claim from the notes with its measured value and pass rule."""
+        from experiments.runtime.claims import Claim
+
+        claim = Claim(text, measured, rule, detail)
+        self.claims.append(claim)
+        return claim
+
+    def add_table(self, heading, rows, columns=None, key=None):
+        """Adds a markdown table to the report (and the rows to results.json under `key`)."""
+        from experiments.runtime.report import markdown_table
+
+        self.sections.append((heading, markdown_table(rows, columns)))
+        if key:
+            self.data[key] = rows
+
+    def add_text(self, heading, markdown):
+        """Adds a free-text section to the report."""
+        self.sections.append((heading, markdown))
+
+    def add_figure(self, name, figure, caption):
+        """Saves a matplotlib figure as model_dir/plots/<name>.png, in the report and TensorBoard."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import io
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        import tensorflow as tf
+
+        from experiments.runtime import summaries
+
+        path = os.path.join(self.subdir("plots"), f"{name}.png")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue())
+        if self.is_chief:
+            image = tf.image.decode_png(buffer.getvalue(), channels=4)
+            summaries.write_image(self.model_dir, f"plots/{name}", np.asarray(image)[None])
+        self.figures.append((caption, os.path.join("plots", f"{name}.png")))
+
+    # --------------------------------------------------------------------- finishing
+    def results(self):
+        return {
+            "experiment": self.name,
+            "status": self.status,
+            "command": self.command,
+            "config": self.config,
+            "claims": [c.as_dict() for c in self.claims],
+            "metrics": self.metrics,
+            "data": self.data,
+            "timing": {"seconds": time.perf_counter() - self._t0},
+            "environment": {
+                "strategy": self.strategy_name, "replicas": self.num_replicas,
+                "workers": self.num_workers, "task": f"{self.task_type}_{self.task_id}"
+                if self.task_type else "local", "versions": self.versions,
+            },
+        }
+
+    def finish(self):
+        """Writes results.json, report.md and TensorBoard text/hparams. Returns the results."""
+        from experiments.runtime import report
+        from experiments.runtime import summaries
+        from experiments.runtime.claims import claims_markdown
+        from experiments.runtime.report import markdown_table
+
+        results = self.results()
+        if self.is_chief:
+            summaries.write_run_text(self.model_dir, {
+                "config": markdown_table([{"flag": k, "value": v}
+                                          for k, v in self.config.items()]),
+                "claims": claims_markdown(self.claims) if self.claims else "(no claims)",
+            })
+            final = {f"final/{k}": v for k, v in self.metrics.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            summaries.write_hparams(self.model_dir, self.config, final)
+        with open(os.path.join(self.model_dir, REPORT_FILE + ".tmp"), "w") as f:
+            f.write(report.render(results, self.command, self.sections, self.figures))
+        os.replace(os.path.join(self.model_dir, REPORT_FILE + ".tmp"),
+                   os.path.join(self.model_dir, REPORT_FILE))
+        # results.json last: its presence marks a complete run.
+        _write_json(os.path.join(self.model_dir, RESULTS_FILE), results)
+        return results
+
+
+def print_summary(results, model_dir):
+    """Prints the claims verdicts and where to look."""
+    print(f"\n{results['experiment']}: {results['status']}")
+    for c in results["claims"]:
+        from experiments.runtime.claims import format_measured
+
+        print(f"  [{c['verdict']:9s}] {c['text']}  (measured {format_measured(c['measured'])},"
+              f" rule {c['rule']})")
+    print(f"report: {os.path.join(model_dir, REPORT_FILE)}")
+    print(f"tensorboard --logdir {model_dir} --host 127.0.0.1")
+
+
+def _parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.stderr.write(f"{os.path.basename(argv[0])}: error: {e}\n")
+        sys.exit(2)
+
+
+def launch(name, experiment_fn, quick=None):
+    """Runs an experiment as a command-line program (call from `if __name__ == "__main__"`).
+
+    Args:
+        name: The experiment name.
+        experiment_fn: `run -> None`; does the science using the `Run` API.
+        quick: Flag values of the `--quick` preset (flags given explicitly win).
+    """
+
+    def main(argv):
+        if len(argv) > 1:
+            sys.stderr.write(f"{name}: error: unexpected arguments: {' '.join(argv[1:])}\n")
+            sys.exit(2)
+        runtime_flags.apply_quick_preset(**(quick or {}))
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # TF's INFO chatter hides the epoch lines
+        run = None
+        try:
+            run = Run(name, argv)
+            previous = run.previous_results
+            if previous and previous.get("status") in ("completed", "diverged"):
+                print(f"{name}: {run.model_dir} already holds a finished run; not retraining.")
+                print_summary(previous, run.model_dir)
+                return
+            experiment_fn(run)
+            results = run.finish()
+        except ConfigError as e:
+            # A run that failed on bad input leaves no directory behind that it created.
+            if run is not None and run.created_model_dir:
+                shutil.rmtree(run.model_dir, ignore_errors=True)
+            sys.stderr.write(f"{name}: error: {e}\n")
+            sys.exit(2)
+        print_summary(results, run.model_dir)
+
+    app.run(main, flags_parser=_parse_flags)
