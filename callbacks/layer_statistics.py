@@ -75,7 +75,11 @@ def _default_layers(model: keras.Model) -> list[keras.layers.Layer]:
         layer
         for layer in model.layers
         if not isinstance(layer, keras.layers.InputLayer)
-        and (layer.weights or activation_name(layer) is not None or isinstance(layer, _ACTIVATION_LAYERS))
+        and (
+            layer.weights
+            or activation_name(layer) is not None
+            or isinstance(layer, _ACTIVATION_LAYERS)
+        )
     ]
 
 

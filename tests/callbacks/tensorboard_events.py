@@ -16,7 +16,10 @@ def read_tensors(log_dir) -> dict[str, list[tuple[int, np.ndarray]]]:
     )
     accumulator.Reload()
     return {
-        tag: [(event.step, tf.make_ndarray(event.tensor_proto)) for event in accumulator.Tensors(tag)]
+        tag: [
+            (event.step, tf.make_ndarray(event.tensor_proto))
+            for event in accumulator.Tensors(tag)
+        ]
         for tag in accumulator.Tags()["tensors"]
     }
 

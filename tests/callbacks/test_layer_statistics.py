@@ -31,7 +31,9 @@ def _mlp(activation, kernel_stddev=None, bias=0.0, seed=1):
                 16, activation=activation, kernel_initializer=kernel,
                 bias_initializer=keras.initializers.Constant(bias), name="hidden_2",
             ),
-            keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1), name="head"),
+            keras.layers.Dense(
+                3, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1), name="head"
+            ),
         ]
     )
 
@@ -88,7 +90,9 @@ def test_gradient_norm_matches_gradient_tape():
         loss = tf.reduce_mean(keras.losses.mean_squared_error(Y, model(X)))
     kernels = [layer.kernel for layer in model.layers]
     for layer, grad in zip(model.layers, tape.gradient(loss, kernels)):
-        np.testing.assert_allclose(stats[layer.name]["gradient_norm"], tf.norm(grad).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(
+            stats[layer.name]["gradient_norm"], tf.norm(grad).numpy(), rtol=1e-5
+        )
     assert "gradient_norm" not in layer_statistics(model, X)["head"]
 
 
@@ -215,3 +219,16 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         LayerStatistics(tmp_path, X, every_n_steps=0)
     with pytest.raises(ValueError, match="not built"):
         layer_statistics(keras.Sequential([keras.layers.Dense(2)]), X)
+
+
+def test_callback_under_mirrored_strategy(tmp_path, two_cpus):
+    strategy = tf.distribute.MirroredStrategy(two_cpus)
+    with strategy.scope():
+        model = _mlp("tanh")
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(X, Y, batch_size=16, epochs=2, verbose=0,
+              callbacks=[LayerStatistics(tmp_path, X, Y, every_n_steps=2)])  # 4 steps
+    written = scalars(read_tensors(tmp_path), "layer_statistics/hidden_1/gradient_norm")
+    assert sorted(written) == [0, 2, 4]
+    final = layer_statistics(model, X, Y, "mse")
+    np.testing.assert_allclose(written[4], final["hidden_1"]["gradient_norm"], rtol=1e-5)

@@ -35,13 +35,17 @@ def test_fit_with_schedule_logs_schedule_at_global_step(tmp_path):
     csv_path = tmp_path / "log.csv"
     history = model.fit(
         X, Y, batch_size=8, epochs=3, verbose=0, shuffle=False,  # 3 steps per epoch
-        callbacks=[LearningRateLogger(tmp_path / "tb", every_n_steps=2), keras.callbacks.CSVLogger(csv_path)],
+        callbacks=[
+            LearningRateLogger(tmp_path / "tb", every_n_steps=2),
+            keras.callbacks.CSVLogger(csv_path),
+        ],
     )
     expected_epochs = [_eta(schedule, 3 * (epoch + 1)) for epoch in range(3)]
     np.testing.assert_allclose(history.history["learning_rate"], expected_epochs, rtol=1e-6)
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
-    np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], expected_epochs, rtol=1e-6)
+    from_csv = [float(row["learning_rate"]) for row in rows]
+    np.testing.assert_allclose(from_csv, expected_epochs, rtol=1e-6)
 
     written = scalars(read_tensors(tmp_path / "tb"), "learning_rate")
     # Train begin (0), every 2 steps (2, 4, 6, 8) and epoch ends (3, 6, 9).
