@@ -16,6 +16,10 @@ In training the batch statistics are used, and exponential moving averages are k
 In inference (and when the layer is frozen, `trainable=False`, as in Keras) the moving
 statistics replace mu and sigma^2. Keras stores the biased variance too, so this layer and
 `keras.layers.BatchNormalization` agree number for number given the same weights.
+
+Under `tf.distribute.MirroredStrategy` each replica normalises with its own per-replica batch
+statistics, and the moving averages keep the first replica's update, exactly as Keras'
+layer does with `synchronized=False` (cross-replica statistics are not implemented here).
 """
 
 import keras
@@ -78,7 +82,9 @@ class BatchNorm(keras.layers.Layer):
         channel_axis = self.axis % rank
         channels = input_shape[channel_axis]
         if channels is None:
-            raise ValueError(f"The channel axis {self.axis} of input shape {input_shape} must be known.")
+            raise ValueError(
+                f"The channel axis {self.axis} of input shape {input_shape} must be known."
+            )
         shape = (channels,)
         # autocast=False: statistics and affine parameters stay float32 under mixed precision.
         if self.scale:

@@ -107,7 +107,12 @@ def test_bad_seed_rejected():
 
 @pytest.mark.parametrize(
     "initializer",
-    [XavierUniform(gain=5.0 / 3.0, seed=1), XavierNormal(seed=2), HeNormal(gain=1.5), NaiveUniform(seed=3)],
+    [
+        XavierUniform(gain=5.0 / 3.0, seed=1),
+        XavierNormal(seed=2),
+        HeNormal(gain=1.5),
+        NaiveUniform(seed=3),
+    ],
 )
 def test_config_round_trip(initializer):
     config = keras.initializers.serialize(initializer)

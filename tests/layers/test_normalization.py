@@ -58,7 +58,9 @@ def test_training_output_matches_numpy_equations():
     expected = gamma * (x - mu) / np.sqrt(var + 1e-3) + beta
     np.testing.assert_allclose(layer(x, training=True).numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(layer.moving_mean.numpy(), 0.8 * moving_mean + 0.2 * mu, atol=1e-6)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.8 * moving_var + 0.2 * var, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), 0.8 * moving_var + 0.2 * var, atol=1e-5
+    )
 
 
 def test_gradients_match_keras():
@@ -82,7 +84,9 @@ def test_frozen_layer_uses_moving_statistics_and_no_center_scale():
     ours.trainable = False
     ref.trainable = False
     x = np.random.default_rng(5).normal(size=shape).astype("float32")
-    np.testing.assert_allclose(ours(x, training=True).numpy(), ref(x, training=True).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        ours(x, training=True).numpy(), ref(x, training=True).numpy(), atol=1e-5
+    )
     plain = BatchNorm(center=False, scale=False)
     y = plain(x, training=True).numpy()
     assert not plain.trainable_weights
@@ -114,3 +118,17 @@ def test_run_layer_test_2d_and_4d():
         expected_num_trainable_weights=2,
         atol=1e-5,
     )
+
+
+def test_mirrored_strategy_fit_matches_keras(two_cpus):
+    x = np.random.default_rng(7).normal(2.0, 3.0, (16, 5)).astype("float32")
+    y = np.zeros_like(x)
+    results = []
+    for cls in (BatchNorm, keras.layers.BatchNormalization):
+        with tf.distribute.MirroredStrategy(two_cpus).scope():
+            model = keras.Sequential([keras.Input((5,)), cls(momentum=0.5)])
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        results.append([w.numpy() for w in model.layers[0].weights])
+    for ours, ref in zip(*results):
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
