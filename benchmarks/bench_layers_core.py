@@ -22,18 +22,24 @@ from layers.normalization import BatchNorm
 from layers.recurrent import LSTMCell
 
 
-def _time_ms(step, args, warmup=3, repeats=7, inner=5):
-    """Median milliseconds per call of `step(*args)`, after warm-up (tracing, autotuning)."""
+def _time_pair_ms(step_a, step_b, args, warmup=3, repeats=9, inner=5):
+    """Median milliseconds per call of two steps, timed alternately after warm-up.
+
+    Alternating the samples exposes both sides to the same background load, which matters
+    on a shared machine far more than the number of repeats.
+    """
     for _ in range(warmup):
-        float(step(*args))
-    samples = []
+        float(step_a(*args))
+        float(step_b(*args))
+    samples = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            result = step(*args)
-        float(result)  # Blocks until the device has finished.
-        samples.append((time.perf_counter() - start) * 1000.0 / inner)
-    return statistics.median(samples)
+        for step, out in zip((step_a, step_b), samples):
+            start = time.perf_counter()
+            for _ in range(inner):
+                result = step(*args)
+            float(result)  # Blocks until the device has finished.
+            out.append((time.perf_counter() - start) * 1000.0 / inner)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def _train_step(layer, jit_compile):
@@ -57,9 +63,12 @@ def _compare(name, ours, peer, peer_name, shape, target, jit_compile, quick):
     peer(x)
     out_shape = tuple(ours(x).shape)
     w = tf.constant(rng.uniform(size=out_shape).astype("float32"))
-    repeats = 3 if quick else 7
-    ours_ms = _time_ms(_train_step(ours, jit_compile), (x, w), repeats=repeats)
-    peer_ms = _time_ms(_train_step(peer, jit_compile), (x, w), repeats=repeats)
+    ours_ms, peer_ms = _time_pair_ms(
+        _train_step(ours, jit_compile),
+        _train_step(peer, jit_compile),
+        (x, w),
+        repeats=5 if quick else 9,
+    )
     return {
         "name": name + (" [xla]" if jit_compile else ""),
         "ours_ms": round(ours_ms, 3),
