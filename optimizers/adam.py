@@ -37,6 +37,8 @@ history are decayed less -- the reason AdamW exists.
 import keras
 from keras import ops
 
+from optimizers.clipping import ClipAfterAllReduceMixin
+
 
 def _validate_adam_args(beta_1, beta_2, epsilon):
     for arg_name, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
@@ -57,7 +59,7 @@ def _one_minus_power(beta, step):
 
 
 @keras.saving.register_keras_serializable(package="keras_fundamentals")
-class Adam(keras.optimizers.Optimizer):
+class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
     """Adam with bias-corrected moments and epsilon outside the root (Algorithm 1).
 
     Args:
