@@ -384,7 +384,9 @@ class SelfAttention(keras.layers.Layer):
         y = ops.einsum("btd,dhk->bthk", x, kernel)
         return y if bias is None else y + bias
 
-    def call(self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False):
+    def call(
+        self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False
+    ):
         """Applies self-attention.
 
         Args:
