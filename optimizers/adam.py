@@ -109,8 +109,8 @@ class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
         del variable
         return gradient
 
-    def _adam_step(self, variable, m, v, lr, decay):
-        """Returns `lr * m_hat / (sqrt(v_hat) + eps)` (+ `decay * theta` if given)."""
+    def _adam_step(self, variable, m, v, lr):
+        """Returns `lr * m_hat / (sqrt(v_hat) + eps)` for the current step."""
         step = ops.cast(self.iterations + 1, variable.dtype)
         bias_1 = _one_minus_power(self.beta_1, step)
         bias_2 = _one_minus_power(self.beta_2, step)
@@ -119,10 +119,7 @@ class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
         sqrt_bias_2 = ops.sqrt(bias_2)
         scale = lr * sqrt_bias_2 / bias_1
         epsilon_hat = self.epsilon * sqrt_bias_2
-        update = ops.divide(ops.multiply(m, scale), ops.add(ops.sqrt(v), epsilon_hat))
-        if decay is not None:
-            update = ops.add(update, ops.multiply(variable, decay))
-        return update
+        return ops.divide(ops.multiply(m, scale), ops.add(ops.sqrt(v), epsilon_hat))
 
     def _update(self, gradient, variable, learning_rate, decay=None):
         lr = ops.cast(learning_rate, variable.dtype)
@@ -134,8 +131,9 @@ class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
         self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1.0 - self.beta_1))
         self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1.0 - self.beta_2))
         if decay is not None:
-            decay = lr * ops.cast(decay, variable.dtype)
-        self.assign_sub(variable, self._adam_step(variable, m, v, lr, decay))
+            # Decoupled decay uses the pre-step parameter; shrinking first is the same update.
+            self.assign_sub(variable, ops.multiply(variable, lr * ops.cast(decay, variable.dtype)))
+        self.assign_sub(variable, self._adam_step(variable, m, v, lr))
 
     def update_step(self, gradient, variable, learning_rate):
         """Applies one Adam update to `variable`.
@@ -158,9 +156,11 @@ class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay: `theta -= lr * (AdamUpdate + weight_decay * theta)`.
 
-    Variables excluded with `exclude_from_weight_decay(...)` get plain Adam. The decay lives in
-    `update_step` (one fused write per variable) rather than in the base class's separate
-    pre-step shrink, which is disabled here; both use the pre-step parameter.
+    Variables excluded with `exclude_from_weight_decay(...)` get plain Adam. The decay is
+    applied in `update_step`, next to the Adam step it belongs to, instead of in the base
+    class's separate pass (disabled here); as in Keras, it shrinks the parameter by
+    `lr * weight_decay * theta` before the Adam step, which is the same as subtracting both
+    terms computed from the pre-step parameter.
 
     Args:
         learning_rate: Float, `LearningRateSchedule` or callable. The step size `lr`.
