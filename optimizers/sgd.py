@@ -59,7 +59,7 @@ class SGD(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"`momentum` must be a float in [0, 1), got {momentum!r}.")
         if momentum_form not in MOMENTUM_FORMS:
             raise ValueError(

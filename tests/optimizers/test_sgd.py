@@ -104,6 +104,11 @@ def test_weight_ema_of_base_class():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), average, atol=1e-6)
 
 
+def test_numpy_scalar_momentum():
+    ours = run_optimizer(SGD(0.1, momentum=np.float32(0.9)))
+    np.testing.assert_allclose(ours, sgd_reference(0.1, 0.9, "ema", False), atol=1e-6)
+
+
 def test_config_round_trip():
     optimizer = SGD(0.2, momentum=0.7, momentum_form="classic", nesterov=True, clipnorm=2.0)
     config = optimizer.get_config()
