@@ -1,0 +1,488 @@
+"""Non-max suppression (greedy hard NMS and Gaussian soft-NMS), batched and XLA-compilable.
+
+Greedy NMS: visit the boxes by descending score (equal scores: lower index first) among those with
+score > `score_threshold`; select a box unless its IoU with an already selected box is strictly
+greater than `iou_threshold` (IoU exactly equal to the threshold is kept); stop after
+`max_output_size` selections. The result is identical to `tf.image.non_max_suppression`.
+
+Soft-NMS (Bodla et al. 2017, "Soft-NMS -- Improving Object Detection With One Line of Code",
+Gaussian variant), used when `soft_nms_sigma > 0`: repeatedly select the box with the highest
+current score s_i, then decay every remaining score by the rule of TensorFlow's kernel
+(`tensorflow/core/kernels/image/non_max_suppression_op.cc`):
+
+    s_j <- s_j * exp(scale * IoU(b_i, b_j)^2),   scale = -0.5 / soft_nms_sigma
+
+(so the paper's sigma^2 is TF's `soft_nms_sigma`), dropping boxes whose score falls to
+<= `score_threshold`. `iou_threshold` plays no part in soft-NMS, as in TF. The selected boxes and
+their decayed scores equal `tf.image.non_max_suppression_with_scores` for non-negative scores.
+
+How hard NMS is computed (the idea of TF Model Garden's `sorted_non_max_suppression_padded`, with
+a different inner step): the candidates are sorted once (`tf.math.top_k`, stable) and processed in
+blocks of `block_size`. Each block is first suppressed by the boxes selected so far, compared tile
+by tile; the survivors then suppress each other in sorted order, which is the unique fixed point
+of  keep_i = alive_i and not any_{j<i}(keep_j and IoU_ij > t),  reached by iterating that equation
+(iteration k settles box k at the latest, usually far sooner). Selection stops as soon as
+`max_output_size` boxes are kept, and only the top `4 * max_output_size` scores are sorted until
+more are needed. Every shape is static, so the whole thing runs eagerly, inside `tf.function` and
+under `jit_compile=True`. It is written with TensorFlow ops (`tf.while_loop`, `tf.math.top_k`,
+`tf.tensor_scatter_nd_update`) on purpose: the data-dependent loop with early exit is the point,
+and keras.ops has no portable equivalent of a while loop with shape invariants and scatter into
+a padded buffer at the same speed. IoUs come from `layers.boxes.pairwise_iou` (keras.ops).
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from layers.boxes import pairwise_iou
+
+_PACKAGE = "keras_fundamentals"
+
+
+def _round_up(x, multiple):
+    return -(-x // multiple) * multiple
+
+
+def _static_int(x):
+    """Returns `x` as a Python int if it is known at trace time, else None."""
+    if isinstance(x, int):
+        return x
+    value = tf.get_static_value(x)
+    return None if value is None else int(value)
+
+
+def _gather_rows(values, indices):
+    """values (b, n, ...) gathered along axis 1 by indices (b, k)."""
+    return tf.gather(values, indices, batch_dims=1)
+
+
+def _self_suppression(iou_gt, alive):
+    """Greedy NMS inside one block of sorted candidates.
+
+    Args:
+        iou_gt: bool (b, B, B), True where IoU(i, j) > threshold.
+        alive: bool (b, B), candidates not suppressed by earlier blocks.
+
+    Returns:
+        bool (b, B), the boxes greedy NMS keeps.
+    """
+    size = tf.shape(alive)[1]
+    rows = tf.range(size)
+    earlier = rows[None, :] < rows[:, None]  # [i, j]: j comes before i
+    # suppressors[b, i, j]: an alive, earlier box j overlapping box i.
+    suppressors = tf.logical_and(tf.logical_and(iou_gt, earlier[None]), alive[:, None, :])
+
+    def step(keep, _):
+        hit = tf.reduce_any(tf.logical_and(suppressors, keep[:, None, :]), axis=2)
+        new_keep = tf.logical_and(alive, tf.logical_not(hit))
+        return new_keep, tf.reduce_any(tf.not_equal(new_keep, keep))
+
+    keep, _ = tf.while_loop(
+        lambda keep, changed: changed, step, (alive, tf.constant(True)), maximum_iterations=size
+    )
+    return keep
+
+
+def _hard_nms_blocks(
+    state, boxes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block, padded
+):
+    """Runs the sorted candidates [state.pos, k) through greedy NMS, block by block.
+
+    state = (pos, count (b,), sel_boxes (b, cap+1, 4), sel_scores, sel_idx); slot `cap` of the
+    selection buffers is a trash slot that absorbs the writes of rejected candidates.
+    `top_scores`, `top_idx` (b, k) are the output of `tf.math.top_k`; they are padded here to
+    `padded`, a multiple of `block`, so that every block is a full static-size window.
+    """
+    cap = state[2].shape[1] - 1
+    stop = top_scores.shape[1]
+    pad = padded - stop
+    sorted_boxes = tf.pad(_gather_rows(boxes, top_idx), [[0, 0], [0, pad], [0, 0]])
+    sorted_scores = tf.pad(top_scores, [[0, 0], [0, pad]], constant_values=-math.inf)
+    sorted_idx = tf.pad(top_idx, [[0, 0], [0, pad]])
+    batch = tf.shape(sorted_scores)[0]
+    lane = tf.range(block)
+    batch_ids = tf.tile(tf.range(batch)[:, None], [1, block])
+
+    def active(pos, count):
+        # An image needs more work while it has room and its next candidate passes the threshold.
+        head = tf.gather(sorted_scores, tf.minimum(pos, stop - 1), axis=1)
+        return tf.logical_and(count < max_out, head > score_threshold)
+
+    def cond(pos, count, *_):
+        return tf.logical_and(pos < stop, tf.reduce_any(active(pos, count)))
+
+    def body(pos, count, sel_boxes, sel_scores, sel_idx):
+        # tf.slice keeps the size static (XLA's dynamic_slice); the inputs are padded to a
+        # multiple of `block`, so the window never runs off the end.
+        cand_boxes = tf.slice(sorted_boxes, [0, pos, 0], [-1, block, 4])
+        cand_scores = tf.slice(sorted_scores, [0, pos], [-1, block])
+        cand_idx = tf.slice(sorted_idx, [0, pos], [-1, block])
+        alive = tf.logical_and(cand_scores > score_threshold, (pos + lane < stop)[None])
+        alive = tf.logical_and(alive, active(pos, count)[:, None])
+
+        # Suppression by the boxes already selected, one (block x block) tile at a time.
+        num_tiles = (tf.reduce_max(count) + block - 1) // block
+
+        def tile_body(t, alive):
+            tile = tf.slice(sel_boxes, [0, t * block, 0], [-1, block, 4])
+            tile_valid = (t * block + lane)[None, :] < count[:, None]
+            overlap = tf.logical_and(
+                pairwise_iou(cand_boxes, tile) > iou_threshold, tile_valid[:, None, :]
+            )
+            return t + 1, tf.logical_and(alive, tf.logical_not(tf.reduce_any(overlap, axis=2)))
+
+        _, alive = tf.while_loop(
+            lambda t, alive: tf.logical_and(t < num_tiles, tf.reduce_any(alive)),
+            tile_body,
+            (tf.constant(0), alive),
+        )
+
+        def keep_survivors():
+            return _self_suppression(pairwise_iou(cand_boxes, cand_boxes) > iou_threshold, alive)
+
+        keep = tf.cond(tf.reduce_any(alive), keep_survivors, lambda: alive)
+
+        # Append the kept boxes, in sorted order, after the ones already selected.
+        slot = count[:, None] + tf.cumsum(tf.cast(keep, tf.int32), axis=1) - 1
+        keep = tf.logical_and(keep, slot < max_out)
+        slot = tf.where(keep, slot, cap)
+        where = tf.stack([batch_ids, slot], axis=-1)
+        sel_boxes = tf.tensor_scatter_nd_update(sel_boxes, where, cand_boxes)
+        sel_scores = tf.tensor_scatter_nd_update(sel_scores, where, cand_scores)
+        sel_idx = tf.tensor_scatter_nd_update(sel_idx, where, cand_idx)
+        count = count + tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+        return pos + block, count, sel_boxes, sel_scores, sel_idx
+
+    return tf.while_loop(cond, body, tuple(state))
+
+
+def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap):
+    """Gaussian soft-NMS by repeated argmax; returns (sel_idx, sel_scores, sel_boxes, count)."""
+    batch = tf.shape(scores)[0]
+    num_boxes = scores.shape[1]
+    positions = tf.range(num_boxes)
+    batch_range = tf.range(batch)
+
+    def cond(step, live, *_):
+        return tf.logical_and(step < max_out, tf.reduce_any(live))
+
+    def body(step, live, current, sel_boxes, sel_scores, sel_idx, count):
+        # Best live score; equal scores go to the lower index, as in TF's priority queue.
+        masked = tf.where(live, current, -math.inf)
+        best = tf.reduce_max(masked, axis=1, keepdims=True)
+        is_best = tf.logical_and(live, masked == best)
+        pick = tf.reduce_min(tf.where(is_best, positions[None, :], num_boxes), axis=1)
+        took = tf.reduce_any(live, axis=1)
+        pick = tf.minimum(pick, num_boxes - 1)
+        pick_box = _gather_rows(boxes, pick[:, None])  # (b, 1, 4)
+        pick_score = tf.gather(current, pick, batch_dims=1)
+        write = tf.stack([batch_range, tf.where(took, step, cap)], axis=-1)
+        sel_boxes = tf.tensor_scatter_nd_update(sel_boxes, write, pick_box[:, 0])
+        sel_scores = tf.tensor_scatter_nd_update(sel_scores, write, pick_score)
+        sel_idx = tf.tensor_scatter_nd_update(sel_idx, write, pick)
+        count = count + tf.cast(took, tf.int32)
+
+        iou = pairwise_iou(pick_box, boxes)[:, 0, :]
+        # TF's order of operations: exp((scale * iou) * iou), then one multiply per selection.
+        decayed = current * tf.exp(scale * iou * iou)
+        live = tf.logical_and(live, positions[None, :] != pick[:, None])
+        live = tf.logical_and(live, decayed > score_threshold)
+        return step + 1, live, decayed, sel_boxes, sel_scores, sel_idx, count
+
+    state = (
+        tf.constant(0),
+        scores > score_threshold,
+        scores,
+        tf.zeros([batch, cap + 1, 4], boxes.dtype),
+        tf.zeros([batch, cap + 1], scores.dtype),
+        tf.zeros([batch, cap + 1], tf.int32),
+        tf.zeros([batch], tf.int32),
+    )
+    _, _, _, sel_boxes, sel_scores, sel_idx, count = tf.while_loop(cond, body, state)
+    return sel_idx[:, :cap], sel_scores[:, :cap], sel_boxes[:, :cap], count
+
+
+_COMPILED = {}
+# The first sorting stage takes the top FIRST_STAGE_FACTOR * max_output_size scores.
+FIRST_STAGE_FACTOR = 2
+
+
+def _compiled(fn, jit_compile):
+    """`fn` as a tf.function (XLA-compiled if asked), one per (fn, jit_compile)."""
+    key = (fn.__name__, bool(jit_compile))
+    if key not in _COMPILED:
+        _COMPILED[key] = tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=False)
+    return _COMPILED[key]
+
+
+def _bucket(n, block):
+    """Padded length for n items: a power of two (few distinct compiled shapes), >= block."""
+    return max(block, _round_up(1 << max(n - 1, 0).bit_length(), block))
+
+
+def _empty_outputs(batch, dtype):
+    return (
+        tf.zeros([batch, 0], tf.int32),
+        tf.zeros([batch, 0], dtype),
+        tf.zeros([batch, 0, 4], dtype),
+        tf.zeros([batch], tf.int32),
+    )
+
+
+def _check_sizes(boxes, max_output_size):
+    num_boxes = boxes.shape[1]
+    if num_boxes is None:
+        raise ValueError("non_max_suppression needs a static number of boxes (boxes.shape[-2]).")
+    static_max_out = _static_int(max_output_size)
+    if static_max_out is not None and static_max_out < 0:
+        raise ValueError(f"max_output_size must be >= 0, got {static_max_out}.")
+    cap = num_boxes if static_max_out is None else min(static_max_out, num_boxes)
+    max_out = tf.minimum(tf.cast(max_output_size, tf.int32), num_boxes)
+    return num_boxes, cap, max_out
+
+
+def _batched_hard_nms(
+    boxes, scores, max_output_size, iou_threshold, score_threshold, block_size, jit_compile
+):
+    num_boxes, cap, max_out = _check_sizes(boxes, max_output_size)
+    batch = tf.shape(scores)[0]
+    if cap == 0:
+        return _empty_outputs(batch, boxes.dtype)
+    block = min(block_size, _bucket(num_boxes, 8))
+    cap_padded = min(_bucket(cap, block), _bucket(num_boxes, block))
+    state = (
+        tf.constant(0),
+        tf.zeros([batch], tf.int32),
+        tf.zeros([batch, cap_padded + 1, 4], boxes.dtype),
+        tf.zeros([batch, cap_padded + 1], scores.dtype),
+        tf.zeros([batch, cap_padded + 1], tf.int32),
+    )
+    run_blocks = _compiled(_hard_nms_blocks, jit_compile)
+    thresholds = (max_out, iou_threshold, score_threshold, block)
+    # Sorting everything costs O(N log N); the first selections usually come from the top few
+    # hundred scores, so sort only a prefix first. top_k is stable (ties: lower index first), so
+    # the prefix's order is the full sort's order and the second stage resumes where the first
+    # stopped. The sort stays outside XLA, whose CPU sort is several times slower.
+    first_k = min(num_boxes, max(block, _round_up(FIRST_STAGE_FACTOR * cap, block)))
+    top_scores, top_idx = tf.math.top_k(scores, k=first_k, sorted=True)
+    state = run_blocks(state, boxes, top_scores, top_idx, *thresholds, _bucket(first_k, block))
+    if first_k < num_boxes:
+
+        def resume():
+            all_scores, all_idx = tf.math.top_k(scores, k=num_boxes, sorted=True)
+            padded = _bucket(num_boxes, block)
+            return run_blocks(state, boxes, all_scores, all_idx, *thresholds, padded)
+
+        needs_more = tf.reduce_any(
+            tf.logical_and(state[1] < max_out, top_scores[:, first_k - 1] > score_threshold)
+        )
+        state = tf.cond(needs_more, resume, lambda: tuple(state))
+    _, count, sel_boxes, sel_scores, sel_idx = state
+    return sel_idx[:, :cap], sel_scores[:, :cap], sel_boxes[:, :cap], count
+
+
+def _batched_soft_nms(boxes, scores, max_output_size, score_threshold, sigma, jit_compile):
+    num_boxes, cap, max_out = _check_sizes(boxes, max_output_size)
+    batch = tf.shape(scores)[0]
+    if cap == 0:
+        return _empty_outputs(batch, boxes.dtype)
+    padded = _bucket(num_boxes, 8)
+    boxes = tf.pad(boxes, [[0, 0], [0, padded - num_boxes], [0, 0]])
+    scores = tf.pad(scores, [[0, 0], [0, padded - num_boxes]], constant_values=-math.inf)
+    scale = tf.cast(-0.5, tf.float32) / tf.cast(sigma, tf.float32)
+    cap_padded = min(_bucket(cap, 8), padded)
+    outputs = _compiled(_soft_nms_loop, jit_compile)(
+        boxes, scores, max_out, score_threshold, scale, cap_padded
+    )
+    indices, selected_scores, selected_boxes, count = outputs
+    return indices[:, :cap], selected_scores[:, :cap], selected_boxes[:, :cap], count
+
+
+def batched_non_max_suppression(
+    boxes,
+    scores,
+    max_output_size,
+    iou_threshold=0.5,
+    score_threshold=-math.inf,
+    soft_nms_sigma=0.0,
+    block_size=256,
+    jit_compile=True,
+):
+    """Per-image NMS over a batch, padded to a fixed size.
+
+    Args:
+        boxes: float32 `(batch, N, 4)`, `[y1, x1, y2, x2]` (corners in either order). N must be
+            known when tracing.
+        scores: float32 `(batch, N)`.
+        max_output_size: int, the most boxes kept per image. A Python int (or a constant) keeps
+            the output size at `min(max_output_size, N)`; a traced tensor makes it N.
+        iou_threshold: float in [0, 1], boxes with IoU strictly greater than this against a
+            selected box are suppressed (hard NMS only).
+        score_threshold: float, only boxes with score strictly greater than this are selected.
+        soft_nms_sigma: Python float, Gaussian soft-NMS parameter; 0 means hard NMS.
+        block_size: int, candidates per tile in hard NMS (a speed knob, not a semantic one).
+        jit_compile: bool, compile the selection loop with XLA (much faster on CPU and GPU; one
+            compilation per power-of-two bucket of N). The sort always runs outside XLA.
+
+    Returns:
+        A tuple `(indices, scores, boxes, valid_counts)`: int32 `(batch, K)` indices into N,
+        float `(batch, K)` selected scores (decayed ones for soft-NMS), float `(batch, K, 4)` the
+        selected boxes and int32 `(batch,)` the number of valid entries per image, where
+        K = min(max_output_size, N). Entries past `valid_counts` are zero.
+
+    Raises:
+        ValueError: On a negative `max_output_size` or `soft_nms_sigma`, an `iou_threshold`
+            outside [0, 1], or an unknown N.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    static_iou = _static_float(iou_threshold)
+    if static_iou is not None and not 0.0 <= static_iou <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
+    iou_threshold = tf.cast(iou_threshold, tf.float32)
+    score_threshold = tf.cast(score_threshold, tf.float32)
+    sigma = float(soft_nms_sigma)
+    if sigma < 0.0:
+        raise ValueError(f"soft_nms_sigma must be >= 0, got {sigma}.")
+    if sigma > 0.0:
+        return _batched_soft_nms(
+            boxes, scores, max_output_size, score_threshold, sigma, jit_compile
+        )
+    return _batched_hard_nms(
+        boxes, scores, max_output_size, iou_threshold, score_threshold, block_size, jit_compile
+    )
+
+
+def _static_float(x):
+    if isinstance(x, (int, float)):
+        return float(x)
+    value = tf.get_static_value(x)
+    return None if value is None else float(value)
+
+
+def non_max_suppression(
+    boxes,
+    scores,
+    max_output_size,
+    iou_threshold=0.5,
+    score_threshold=-math.inf,
+    soft_nms_sigma=0.0,
+    pad_to_max_output_size=False,
+    jit_compile=True,
+):
+    """Greedy (or Gaussian soft) NMS of one image's boxes, like `tf.image.non_max_suppression`.
+
+    Args:
+        boxes: float32 `(N, 4)`, `[y1, x1, y2, x2]`, corners in either order.
+        scores: float32 `(N,)`.
+        max_output_size: int, the most boxes to select.
+        iou_threshold: float, suppress boxes whose IoU with a selected box is strictly greater.
+        score_threshold: float, select only boxes with score strictly greater.
+        soft_nms_sigma: float, Gaussian soft-NMS when > 0 (see the module docstring).
+        pad_to_max_output_size: bool, pad the outputs with zeros to `min(max_output_size, N)`
+            (needed inside a caller's `jit_compile=True` function, where shapes are static).
+        jit_compile: bool, run the selection loop under XLA (see `batched_non_max_suppression`).
+
+    Returns:
+        A tuple `(selected_indices, selected_scores, num_valid)`: int32 indices into `boxes` in
+        selection order, their scores (decayed ones for soft-NMS) and the int32 count of valid
+        entries. Unpadded, the first two have shape `(num_valid,)`.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    indices, selected_scores, _, count = batched_non_max_suppression(
+        boxes[None], scores[None], max_output_size, iou_threshold, score_threshold,
+        soft_nms_sigma, jit_compile=jit_compile,
+    )
+    indices, selected_scores, count = indices[0], selected_scores[0], count[0]
+    if not pad_to_max_output_size:
+        indices, selected_scores = indices[:count], selected_scores[:count]
+    return indices, selected_scores, count
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NonMaxSuppression(keras.layers.Layer):
+    """Batched greedy NMS or Gaussian soft-NMS, padded to `max_output_size` (no weights).
+
+    Call it on `[boxes, scores]` with boxes `(batch, N, 4)` in `[y1, x1, y2, x2]` and scores
+    `(batch, N)`. Each image is suppressed on its own, with exactly the result of
+    `tf.image.non_max_suppression` (or `tf.image.non_max_suppression_with_scores` for soft-NMS).
+
+    Args:
+        max_output_size: int, the most boxes kept per image.
+        iou_threshold: float, IoU strictly above which a box is suppressed (hard NMS).
+        score_threshold: float, boxes with score <= this are never selected.
+        soft_nms_sigma: float, Gaussian soft-NMS parameter; 0.0 selects hard NMS.
+        block_size: int, tile size of the hard-NMS computation (speed only).
+        jit_compile: bool, run the selection loop under XLA (speed only).
+        **kwargs: Base layer keyword arguments (`name`, ...).
+
+    Returns (from `call`):
+        A tuple `(indices, scores, valid_counts, boxes)`: int32 `(batch, K)`, float
+        `(batch, K)`, int32 `(batch,)` and float `(batch, K, 4)`, K = min(max_output_size, N);
+        entries past `valid_counts` are zero.
+    """
+
+    def __init__(
+        self,
+        max_output_size,
+        iou_threshold=0.5,
+        score_threshold=-math.inf,
+        soft_nms_sigma=0.0,
+        block_size=256,
+        jit_compile=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(max_output_size) < 0:
+            raise ValueError(f"max_output_size must be >= 0, got {max_output_size}.")
+        if float(soft_nms_sigma) < 0.0:
+            raise ValueError(f"soft_nms_sigma must be >= 0, got {soft_nms_sigma}.")
+        if int(block_size) < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}.")
+        self.max_output_size = int(max_output_size)
+        self.iou_threshold = float(iou_threshold)
+        self.score_threshold = float(score_threshold)
+        self.soft_nms_sigma = float(soft_nms_sigma)
+        self.block_size = int(block_size)
+        self.jit_compile = bool(jit_compile)
+        self.supports_masking = False
+
+    def call(self, inputs):
+        boxes, scores = inputs
+        indices, selected_scores, selected_boxes, counts = batched_non_max_suppression(
+            boxes,
+            scores,
+            self.max_output_size,
+            self.iou_threshold,
+            self.score_threshold,
+            self.soft_nms_sigma,
+            self.block_size,
+            self.jit_compile,
+        )
+        return indices, selected_scores, counts, selected_boxes
+
+    def compute_output_shape(self, input_shape):
+        boxes_shape, _ = input_shape
+        batch, num_boxes = boxes_shape[0], boxes_shape[1]
+        k = self.max_output_size if num_boxes is None else min(self.max_output_size, num_boxes)
+        return (batch, k), (batch, k), (batch,), (batch, k, 4)
+
+    def compute_output_spec(self, inputs):
+        boxes, _ = inputs
+        shapes = self.compute_output_shape((boxes.shape, None))
+        dtypes = ("int32", "float32", "int32", "float32")
+        return tuple(keras.KerasTensor(s, dtype=d) for s, d in zip(shapes, dtypes))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            max_output_size=self.max_output_size,
+            iou_threshold=self.iou_threshold,
+            score_threshold=self.score_threshold,
+            soft_nms_sigma=self.soft_nms_sigma,
+            block_size=self.block_size,
+            jit_compile=self.jit_compile,
+        )
+        return config

@@ -1,0 +1,256 @@
+"""Tests for layers.nms: selections must equal tf.image's C++ kernels, index for index."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from layers.nms import NonMaxSuppression, batched_non_max_suppression, non_max_suppression
+from tests.layer_testing import run_layer_test
+
+
+def _boxes(rng, n, kind):
+    if kind == "large":  # corners uniform in [0, 1]: heavy overlap, many suppressions
+        return rng.uniform(size=(n, 4)).astype("float32")  # corners in either order
+    yx = rng.uniform(size=(n, 2))
+    hw = rng.uniform(0.0, 0.2, size=(n, 2))
+    return np.concatenate([yx, yx + hw], 1).astype("float32")
+
+
+def _case(seed, n, kind="large"):
+    rng = np.random.default_rng(seed)
+    return _boxes(rng, n, kind), rng.uniform(size=n).astype("float32")
+
+
+def _reference(boxes, scores, max_out, iou, score_thr=-math.inf):
+    return tf.image.non_max_suppression(boxes, scores, max_out, iou, score_thr).numpy()
+
+
+RANDOM_CASES = [
+    (seed, n, kind, iou, score_thr, max_out)
+    for seed, n, kind in [(0, 1, "large"), (1, 37, "small"), (2, 150, "large"),
+                          (3, 300, "small"), (4, 500, "large"), (5, 500, "small")]
+    for iou, score_thr, max_out in [(0.3, -math.inf, 1000), (0.5, 0.3, 20), (0.7, 0.0, 1000),
+                                    (0.5, -math.inf, 7)]
+]
+
+
+@pytest.mark.parametrize("seed,n,kind,iou,score_thr,max_out", RANDOM_CASES)
+def test_matches_tf_image_eager(seed, n, kind, iou, score_thr, max_out):
+    boxes, scores = _case(seed, n, kind)
+    indices, selected, count = non_max_suppression(boxes, scores, max_out, iou, score_thr)
+    expected = _reference(boxes, scores, max_out, iou, score_thr)
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    np.testing.assert_array_equal(selected.numpy(), scores[expected])
+    assert int(count) == len(expected)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_matches_tf_image_inside_tf_function(jit_compile):
+    ours = tf.function(
+        lambda b, s, thr: non_max_suppression(b, s, 50, thr, 0.1, jit_compile=jit_compile)[0]
+    )
+    theirs = tf.function(lambda b, s, thr: tf.image.non_max_suppression(b, s, 50, thr, 0.1))
+    for seed, (n, kind) in enumerate([(200, "large"), (200, "small"), (480, "large")]):
+        boxes, scores = _case(10 + seed, n, kind)
+        for thr in (0.3, 0.5, 0.7):
+            np.testing.assert_array_equal(
+                ours(boxes, scores, tf.constant(thr)).numpy(),
+                theirs(boxes, scores, tf.constant(thr)).numpy(),
+            )
+
+
+def test_matches_tf_image_under_callers_jit_compile():
+    ours = tf.function(
+        lambda b, s: non_max_suppression(b, s, 64, 0.5, pad_to_max_output_size=True),
+        jit_compile=True,
+    )
+    for seed, kind in enumerate(["large", "small"]):
+        boxes, scores = _case(20 + seed, 300, kind)
+        indices, selected, count = ours(boxes, scores)
+        expected = _reference(boxes, scores, 64, 0.5)
+        assert indices.shape == (64,) and int(count) == len(expected)
+        np.testing.assert_array_equal(indices.numpy()[: len(expected)], expected)
+        np.testing.assert_array_equal(indices.numpy()[len(expected):], 0)
+
+
+def test_two_stage_sort_resumes_correctly():
+    # Identical boxes: each score level keeps one box, so the first sorted stage (a prefix of
+    # 2 * max_output_size scores) runs dry and the full sort must take over where it stopped.
+    rng = np.random.default_rng(7)
+    groups = rng.uniform(0.0, 10.0, size=(40, 2)).astype("float32")
+    centers = np.repeat(groups, 25, axis=0)
+    boxes = np.concatenate([centers, centers + 0.5], 1)
+    scores = rng.uniform(size=len(boxes)).astype("float32")
+    for max_out in (10, 39, 40):
+        expected = _reference(boxes, scores, max_out, 0.5)
+        np.testing.assert_array_equal(
+            non_max_suppression(boxes, scores, max_out, 0.5)[0].numpy(), expected
+        )
+
+
+def test_exact_score_ties_keep_lower_index_first():
+    rng = np.random.default_rng(8)
+    boxes = _boxes(rng, 200, "large")
+    scores = (rng.integers(0, 4, size=200) / 4).astype("float32")  # 4 distinct values
+    for iou in (0.3, 0.5, 0.7):
+        np.testing.assert_array_equal(
+            non_max_suppression(boxes, scores, 200, iou)[0].numpy(),
+            _reference(boxes, scores, 200, iou),
+        )
+    same = np.full(200, 0.5, "float32")
+    np.testing.assert_array_equal(
+        non_max_suppression(boxes, same, 200, 0.5)[0].numpy(), _reference(boxes, same, 200, 0.5)
+    )
+
+
+def test_iou_exactly_at_threshold_is_kept():
+    # IoU(box 0, box 1) = 2 / (3 + 3 - 2) = 0.5 exactly in float32; box 2 has IoU 1 with box 0.
+    boxes = np.array([[0, 0, 1, 3], [0, 1, 1, 4], [0, 0, 1, 3]], "float32")
+    scores = np.array([0.9, 0.8, 0.7], "float32")
+    for iou, expected in [(0.5, [0, 1]), (np.nextafter(np.float32(0.5), 0), [0]), (1.0, [0, 1, 2])]:
+        np.testing.assert_array_equal(_reference(boxes, scores, 10, iou), expected)
+        np.testing.assert_array_equal(non_max_suppression(boxes, scores, 10, iou)[0], expected)
+
+
+def test_zero_area_boxes_never_suppress():
+    boxes = np.array(
+        [[0, 0, 0, 1], [0, 0, 0, 1], [0.5, 0.5, 0.5, 0.5], [0, 0, 1, 1], [0, 0, 1, 1]], "float32"
+    )
+    scores = np.array([0.5, 0.5, 0.5, 0.4, 0.3], "float32")
+    expected = _reference(boxes, scores, 10, 0.0)
+    np.testing.assert_array_equal(expected, [0, 1, 2, 3])
+    np.testing.assert_array_equal(non_max_suppression(boxes, scores, 10, 0.0)[0], expected)
+
+
+def test_edge_cases_empty_all_suppressed_and_truncated():
+    empty, count = non_max_suppression(np.zeros((0, 4), "float32"), np.zeros(0, "float32"), 5)[::2]
+    assert empty.shape == (0,) and int(count) == 0
+    boxes = np.tile(np.array([[0, 0, 1, 1]], "float32"), (30, 1))
+    scores = np.linspace(0.1, 0.9, 30).astype("float32")
+    np.testing.assert_array_equal(non_max_suppression(boxes, scores, 10)[0], [29])  # one survivor
+    assert non_max_suppression(boxes, scores, 0)[0].shape == (0,)
+    assert non_max_suppression(boxes, scores, 10, 0.5, 0.95)[0].shape == (0,)  # none passes
+    boxes, scores = _case(9, 300, "small")
+    full = _reference(boxes, scores, 300, 0.5)
+    assert len(full) > 5
+    np.testing.assert_array_equal(non_max_suppression(boxes, scores, 5)[0], full[:5])
+
+
+def test_padded_output_matches_tf_padded_kernel():
+    # The C++ kernel with padding (NonMaxSuppressionV4). tf.image.non_max_suppression_padded is a
+    # different, tiled algorithm that (TF 2.21) disagrees with the kernel on flipped corners.
+    boxes, scores = _case(11, 120, "large")
+    indices, selected, count = non_max_suppression(
+        boxes, scores, 110, 0.5, pad_to_max_output_size=True
+    )
+    expected, valid = tf.raw_ops.NonMaxSuppressionV4(
+        boxes=boxes, scores=scores, max_output_size=110, iou_threshold=0.5,
+        score_threshold=-math.inf, pad_to_max_output_size=True,
+    )
+    assert int(count) == int(valid) < 110 and indices.shape == (110,)
+    np.testing.assert_array_equal(indices.numpy(), expected.numpy())
+    np.testing.assert_array_equal(selected.numpy()[int(count):], 0.0)
+
+
+@pytest.mark.parametrize(
+    "seed,n,kind,sigma,score_thr,max_out",
+    [(0, 150, "large", 0.5, 0.05, 150), (1, 300, "small", 0.1, 0.2, 60),
+     (2, 80, "large", 0.3, -math.inf, 80), (3, 400, "large", 1.0, 0.3, 100)],
+)
+def test_soft_nms_matches_tf_with_scores(seed, n, kind, sigma, score_thr, max_out):
+    boxes, scores = _case(seed, n, kind)
+    ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(
+        boxes, scores, max_out, 0.5, score_thr, sigma
+    )
+    for iou in (0.5, 0.9):  # iou_threshold plays no part in soft-NMS, in TF nor here
+        indices, selected, count = non_max_suppression(boxes, scores, max_out, iou, score_thr, sigma)
+        np.testing.assert_array_equal(indices.numpy(), ref_idx.numpy())
+        np.testing.assert_allclose(selected.numpy(), ref_scores.numpy(), atol=1e-6)
+        assert int(count) == len(ref_idx)
+
+
+def test_soft_nms_with_score_ties_inside_tf_function():
+    boxes, scores = _case(12, 200, "large")
+    scores = (np.round(scores * 4) / 4).astype("float32")
+    ours = tf.function(lambda b, s: non_max_suppression(b, s, 100, 0.5, 0.1, 0.4)[:2])
+    ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(boxes, scores, 100, 0.5, 0.1, 0.4)
+    indices, selected = ours(boxes, scores)
+    np.testing.assert_array_equal(indices.numpy(), ref_idx.numpy())
+    np.testing.assert_allclose(selected.numpy(), ref_scores.numpy(), atol=1e-6)
+
+
+def _per_image_reference(boxes, scores, max_out, iou, score_thr):
+    return [_reference(b, s, max_out, iou, score_thr) for b, s in zip(boxes, scores)]
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_batched_layer_equals_per_image_loop(jit_compile):
+    rng = np.random.default_rng(13)
+    boxes = np.stack([_boxes(rng, 256, kind) for kind in ["large", "small"] * 3])
+    scores = rng.uniform(size=(6, 256)).astype("float32")
+    layer = NonMaxSuppression(40, iou_threshold=0.4, score_threshold=0.2, jit_compile=jit_compile)
+    indices, selected, counts, selected_boxes = (t.numpy() for t in layer([boxes, scores]))
+    assert indices.shape == (6, 40) and selected_boxes.shape == (6, 40, 4)
+    for k, expected in enumerate(_per_image_reference(boxes, scores, 40, 0.4, 0.2)):
+        n = len(expected)
+        assert counts[k] == n
+        np.testing.assert_array_equal(indices[k, :n], expected)
+        np.testing.assert_array_equal(selected[k, :n], scores[k, expected])
+        np.testing.assert_array_equal(selected_boxes[k, :n], boxes[k, expected])
+        np.testing.assert_array_equal(indices[k, n:], 0)
+        np.testing.assert_array_equal(selected_boxes[k, n:], 0.0)
+
+
+def test_batched_soft_nms_equals_per_image_loop():
+    rng = np.random.default_rng(14)
+    boxes = np.stack([_boxes(rng, 100, "large") for _ in range(3)])
+    scores = rng.uniform(size=(3, 100)).astype("float32")
+    indices, selected, _, counts = batched_non_max_suppression(boxes, scores, 30, 0.5, 0.1, 0.5)
+    for k in range(3):
+        ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(
+            boxes[k], scores[k], 30, 0.5, 0.1, 0.5
+        )
+        n = len(ref_idx)
+        assert int(counts[k]) == n
+        np.testing.assert_array_equal(indices[k, :n].numpy(), ref_idx.numpy())
+        np.testing.assert_allclose(selected[k, :n].numpy(), ref_scores.numpy(), atol=1e-6)
+
+
+def test_layer_in_functional_model_predict():
+    boxes, scores = _case(15, 64, "large")
+    boxes_in, scores_in = keras.Input((64, 4)), keras.Input((64,))
+    outputs = NonMaxSuppression(10, iou_threshold=0.5)([boxes_in, scores_in])
+    model = keras.Model([boxes_in, scores_in], outputs)
+    indices, _, counts, _ = model.predict([np.stack([boxes] * 4), np.stack([scores] * 4)], verbose=0)
+    expected = _reference(boxes, scores, 10, 0.5)
+    for k in range(4):
+        np.testing.assert_array_equal(indices[k, : counts[k]], expected)
+
+
+def test_run_layer_test():
+    rng = np.random.default_rng(16)
+    boxes = np.stack([_boxes(rng, 32, "large") for _ in range(2)])
+    scores = rng.uniform(size=(2, 32)).astype("float32")
+    run_layer_test(
+        NonMaxSuppression,
+        {"max_output_size": 8, "iou_threshold": 0.6, "score_threshold": 0.1, "soft_nms_sigma": 0.0},
+        [boxes, scores],
+        expected_output_shape=(2, 8),
+        expected_num_trainable_weights=0,
+        expect_trainable_change=False,
+    )
+
+
+def test_config_round_trip_and_validation():
+    layer = NonMaxSuppression(5, iou_threshold=0.3, score_threshold=0.2, soft_nms_sigma=0.5)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert isinstance(clone, NonMaxSuppression) and clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="max_output_size"):
+        NonMaxSuppression(-1)
+    with pytest.raises(ValueError, match="soft_nms_sigma"):
+        NonMaxSuppression(5, soft_nms_sigma=-0.1)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        non_max_suppression(np.zeros((3, 4), "float32"), np.zeros(3, "float32"), 2, 1.5)
