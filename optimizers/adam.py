@@ -10,12 +10,14 @@ Adam, at step ``t = 1, 2, ...``::
 
 The bias correction divides by ``1 - beta^t`` (not ``1 - beta``: a slip in one of the notes).
 ``keras.optimizers.Adam`` implements the paper's cheaper "epsilon hat" form
-``theta -= lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon_hat)``, which is
-Algorithm 1 with ``epsilon_hat = epsilon * sqrt(1 - beta_2^t)``. This module computes exactly
-Algorithm 1 at the cost of the Keras form by folding the corrections into scalars and passing
-``epsilon * sqrt(1 - beta_2^t)`` as the epsilon hat of the step; the two therefore agree to
-float precision when ``epsilon`` is negligible against ``sqrt(v_hat)``. Defaults are the paper's
-(``epsilon=1e-8``; Keras uses ``1e-7``).
+``theta -= lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon_hat)`` with a
+constant ``epsilon_hat``, which equals Algorithm 1 only up to epsilon (Algorithm 1 corresponds to
+``epsilon_hat = epsilon * sqrt(1 - beta_2^t)``, which changes with ``t``). This module computes
+exactly Algorithm 1 at the cost of the Keras form: the bias corrections are folded into scalars
+and ``epsilon * sqrt(1 - beta_2^t)`` is passed as the step's epsilon hat. ``1 - beta^t`` is
+evaluated as ``-expm1(t * log1p(-(1 - beta)))`` because in float32 ``1 - 0.999^t`` loses most of
+its digits at small ``t`` (Keras' float32 ``1 - power`` moves early steps by ~1e-5 relative).
+Defaults are the paper's (``epsilon=1e-8``; Keras uses ``1e-7``).
 
 AdamW (Loshchilov & Hutter, 2019, "decoupled weight decay")::
 
