@@ -6,6 +6,7 @@ and a `.keras` save/load round trip (safe_mode on) with identical outputs, and t
 training step that changes its trainable weights.
 """
 
+import copy
 import os
 import tempfile
 
@@ -56,7 +57,8 @@ def run_layer_test(
 
     # Config round trip: same config, same outputs after copying weights.
     config = layer.get_config()
-    clone = layer_cls.from_config(config)
+    # keras.layers.RNN.from_config consumes its argument, so hand it a copy.
+    clone = layer_cls.from_config(copy.deepcopy(config))
     assert clone.get_config() == config
     clone(inputs, **call_kwargs)
     clone.set_weights(layer.get_weights())
@@ -72,7 +74,7 @@ def run_layer_test(
     sym_layer = layer_cls(**init_kwargs)
     sym_out = _as_list(sym_layer(sym_arg, **call_kwargs))[0]
     assert tuple(sym_out.shape[1:]) == tuple(expected_output_shape[1:]), sym_out.shape
-    model = keras.Model(sym_inputs, sym_out)
+    model = keras.Model(sym_arg, sym_out)
 
     # .keras save/load round trip with safe_mode on.
     reference = keras.ops.convert_to_numpy(model(sym_arg_value(inputs)))

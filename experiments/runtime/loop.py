@@ -158,7 +158,10 @@ class Trainer:
         if self.clip_norm:
             grads = self._clip_global_norm(grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss, pred, y
+        # The metrics' gathers are collectives too: launch them only after this replica's
+        # all-reduces, so every replica issues its collectives in the same order.
+        with tf.control_dependencies([self.optimizer.iterations]):
+            return tf.identity(loss), tf.identity(pred), tf.identity(y)
 
     def _clip_global_norm(self, grads):
         # Keras' optimizer clips each replica's gradient before its all-reduce; the norm that

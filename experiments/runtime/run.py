@@ -69,7 +69,8 @@ class Run:
 
         if FLAGS.cpu_replicas > 1:
             strategy_lib.configure_cpu_replicas(FLAGS.cpu_replicas)
-        self.strategy = strategy_lib.get_strategy(FLAGS.strategy, tpu_address=FLAGS.tpu)
+        self.strategy = strategy_lib.get_strategy(
+            FLAGS.strategy, tpu_address=FLAGS.tpu, worker_timeout=FLAGS.worker_timeout)
         self.strategy_name = strategy_lib.strategy_name(self.strategy)
         self.task_type, self.task_id, self.num_workers, self.is_chief = (
             strategy_lib.worker_info(self.strategy))
@@ -78,7 +79,6 @@ class Run:
             raise ConfigError(
                 f"--batch_size={FLAGS.batch_size} is not divisible by the "
                 f"{self.num_replicas} replicas of --strategy={FLAGS.strategy}")
-        strategy_lib.wait_for_peers(self.strategy, FLAGS.worker_timeout)
 
         chief_dir = FLAGS.model_dir or os.path.join(
             "runs", name, datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))

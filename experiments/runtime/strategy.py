@@ -4,10 +4,13 @@ The same experiment code runs on one CPU, several GPUs (`mirrored`), several mac
 (`multi_worker`, configured by the `TF_CONFIG` environment variable) or a TPU.
 """
 
+import contextlib
 import json
+import socket
 import os
 import sys
 import threading
+import time
 
 import tensorflow as tf
 
@@ -74,12 +77,13 @@ def parse_tf_config(environ=None):
     return config
 
 
-def get_strategy(name, *, tpu_address=None):
+def get_strategy(name, *, tpu_address=None, worker_timeout=120):
     """Creates the distribution strategy named `name`.
 
     Args:
         name: One of auto, one_device, mirrored, multi_worker, tpu.
         tpu_address: TPU name or address, for `tpu`.
+        worker_timeout: Seconds a `multi_worker` run may wait for its peers.
 
     Returns:
         A `tf.distribute.Strategy`.
@@ -87,17 +91,30 @@ def get_strategy(name, *, tpu_address=None):
     Raises:
         ConfigError: For an unknown name or an environment that cannot support it.
     """
+    if name == "multi_worker":
+        # Must come before anything that initialises the TF context (even listing devices).
+        config = parse_tf_config()
+        await_peers(config, worker_timeout)
+        with _peer_watchdog(worker_timeout, config):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            # One all-reduce proves every peer answers before any real work starts.
+            total = strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+            float(total)
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        parse_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # CPU replicas share host memory: plain copies beat collectives, and collectives
+        # issued from replica context (global-norm clipping) can misorder on CPU devices.
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")],
+            cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
@@ -134,26 +151,71 @@ def worker_info(strategy):
     return task_type, task_id, num_workers, is_chief
 
 
-def wait_for_peers(strategy, timeout_s):
-    """Runs one all-reduce so that an unreachable peer fails fast instead of hanging.
+def _split_address(address):
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
-    A collective that cannot reach its peer blocks inside the TF runtime and cannot be
-    cancelled from Python, so a watchdog ends the process with a one-line error.
+
+def await_peers(tf_config, timeout_s):
+    """Waits until every peer in TF_CONFIG accepts TCP connections, or raises ConfigError.
+
+    TF blocks without a timeout (and holding the GIL) when it joins a cluster whose peer is
+    missing, so the check happens first, in Python. Each worker answers on its own address
+    meanwhile; its listener closes just before TF's server takes the port over.
 
     Args:
-        strategy: The strategy whose workers must all answer.
-        timeout_s: Seconds to wait.
+        tf_config: The parsed TF_CONFIG.
+        timeout_s: Seconds to wait for all peers.
+
+    Raises:
+        ConfigError: If a peer is still unreachable after `timeout_s`.
     """
-    _, task_id, num_workers, _ = worker_info(strategy)
-    if num_workers == 1:
-        return
+    task = tf_config["task"]
+    addresses = [a for kind in ("chief", "worker") for a in tf_config["cluster"].get(kind, [])]
+    own = tf_config["cluster"][task["type"]][task["index"]]
+    peers = [a for a in addresses if a != own]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", _split_address(own)[1]))
+        listener.listen(16)
+    except OSError as e:
+        listener.close()
+        raise ConfigError(f"cannot listen on this worker's address {own}: {e.strerror}") from None
+    deadline = time.monotonic() + timeout_s
+    waiting = list(peers)
+    try:
+        while waiting:
+            address = waiting[0]
+            try:
+                with socket.create_connection(_split_address(address), timeout=1.0):
+                    waiting.pop(0)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"{task['type']} {task['index']} could not reach peer {address} within "
+                        f"{timeout_s}s; check the TF_CONFIG addresses and that every worker "
+                        "was started") from None
+                time.sleep(0.2)
+    finally:
+        listener.close()
+
+
+@contextlib.contextmanager
+def _peer_watchdog(timeout_s, tf_config):
+    """Ends the process with a one-line error if the body has not finished in `timeout_s`.
+
+    Joining a cluster whose peer is missing blocks inside the TF runtime, where Python
+    cannot cancel it, so the watchdog exits the process (code 2) itself.
+    """
+    task = tf_config["task"]
+    peers = sum(len(v) for v in tf_config["cluster"].values()) - 1
 
     def give_up():
         sys.stderr.write(
-            f"multi_worker: error: worker {task_id} could not reach its {num_workers - 1} "
-            f"peer(s) within {timeout_s}s; check TF_CONFIG addresses and that every worker "
-            "was started\n"
-        )
+            f"multi_worker: error: {task['type']} {task['index']} could not reach its {peers} "
+            f"peer(s) within {timeout_s}s; check the TF_CONFIG addresses and that every "
+            "worker was started\n")
         sys.stderr.flush()
         os._exit(2)
 
@@ -161,9 +223,6 @@ def wait_for_peers(strategy, timeout_s):
     watchdog.daemon = True
     watchdog.start()
     try:
-        total = strategy.reduce(
-            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None
-        )
-        float(total)
+        yield
     finally:
         watchdog.cancel()
