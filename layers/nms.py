@@ -157,10 +157,15 @@ def _hard_nms_blocks(
     return tf.while_loop(cond, body, tuple(state))
 
 
-def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap):
-    """Gaussian soft-NMS by repeated argmax; returns (sel_idx, sel_scores, sel_boxes, count)."""
+def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap_padded, cap, padded):
+    """Gaussian soft-NMS by repeated argmax; returns (sel_idx, sel_scores, sel_boxes, count).
+
+    The boxes are padded to `padded` (never-selected -inf scores) so that few sizes compile.
+    """
+    boxes = tf.pad(boxes, [[0, 0], [0, padded - boxes.shape[1]], [0, 0]])
+    scores = tf.pad(scores, [[0, 0], [0, padded - scores.shape[1]]], constant_values=-math.inf)
     batch = tf.shape(scores)[0]
-    num_boxes = scores.shape[1]
+    num_boxes = padded
     positions = tf.range(num_boxes)
     batch_range = tf.range(batch)
 
@@ -177,7 +182,7 @@ def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap):
         pick = tf.minimum(pick, num_boxes - 1)
         pick_box = _gather_rows(boxes, pick[:, None])  # (b, 1, 4)
         pick_score = tf.gather(current, pick, batch_dims=1)
-        write = tf.stack([batch_range, tf.where(took, step, cap)], axis=-1)
+        write = tf.stack([batch_range, tf.where(took, step, cap_padded)], axis=-1)
         sel_boxes = tf.tensor_scatter_nd_update(sel_boxes, write, pick_box[:, 0])
         sel_scores = tf.tensor_scatter_nd_update(sel_scores, write, pick_score)
         sel_idx = tf.tensor_scatter_nd_update(sel_idx, write, pick)
@@ -194,9 +199,9 @@ def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap):
         tf.constant(0),
         scores > score_threshold,
         scores,
-        tf.zeros([batch, cap + 1, 4], boxes.dtype),
-        tf.zeros([batch, cap + 1], scores.dtype),
-        tf.zeros([batch, cap + 1], tf.int32),
+        tf.zeros([batch, cap_padded + 1, 4], boxes.dtype),
+        tf.zeros([batch, cap_padded + 1], scores.dtype),
+        tf.zeros([batch, cap_padded + 1], tf.int32),
         tf.zeros([batch], tf.int32),
     )
     _, _, _, sel_boxes, sel_scores, sel_idx, count = tf.while_loop(cond, body, state)
@@ -249,37 +254,58 @@ def _batched_hard_nms(
     batch = tf.shape(scores)[0]
     if cap == 0:
         return _empty_outputs(batch, boxes.dtype)
+    if block_size is None:
+        # Small blocks waste less work when few boxes are wanted; big ones amortise the loop
+        # when thousands are (measured on CPU: 1/4 of max_output_size, within [32, 512]).
+        block_size = min(512, max(32, _bucket(cap, 1) // 4))
     block = min(block_size, _bucket(num_boxes, 8))
     cap_padded = min(_bucket(cap, block), _bucket(num_boxes, block))
-    state = (
-        tf.constant(0),
-        tf.zeros([batch], tf.int32),
-        tf.zeros([batch, cap_padded + 1, 4], boxes.dtype),
-        tf.zeros([batch, cap_padded + 1], scores.dtype),
-        tf.zeros([batch, cap_padded + 1], tf.int32),
-    )
-    run_blocks = _compiled(_hard_nms_blocks, jit_compile)
-    thresholds = (max_out, iou_threshold, score_threshold, block)
+    run_stage = _compiled(_hard_nms_stage, jit_compile)
+    settings = (max_out, iou_threshold, score_threshold, block, cap_padded, cap)
     # Sorting everything costs O(N log N); the first selections usually come from the top few
     # hundred scores, so sort only a prefix first. top_k is stable (ties: lower index first), so
     # the prefix's order is the full sort's order and the second stage resumes where the first
     # stopped. The sort stays outside XLA, whose CPU sort is several times slower.
     first_k = min(num_boxes, max(block, _round_up(FIRST_STAGE_FACTOR * cap, block)))
     top_scores, top_idx = tf.math.top_k(scores, k=first_k, sorted=True)
-    state = run_blocks(state, boxes, top_scores, top_idx, *thresholds, _bucket(first_k, block))
+    outputs, needs_more, state = run_stage(
+        None, boxes, top_scores, top_idx, *settings, _bucket(first_k, block)
+    )
     if first_k < num_boxes:
 
         def resume():
             all_scores, all_idx = tf.math.top_k(scores, k=num_boxes, sorted=True)
             padded = _bucket(num_boxes, block)
-            return run_blocks(state, boxes, all_scores, all_idx, *thresholds, padded)
+            return run_stage(state, boxes, all_scores, all_idx, *settings, padded)[0]
 
-        needs_more = tf.reduce_any(
-            tf.logical_and(state[1] < max_out, top_scores[:, first_k - 1] > score_threshold)
+        outputs = tf.cond(needs_more, resume, lambda: outputs)
+    return outputs
+
+
+def _hard_nms_stage(
+    state, boxes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block,
+    cap_padded, cap, padded,
+):
+    """One sorting stage of hard NMS (one XLA program): returns (outputs, needs_more, state)."""
+    if state is None:
+        batch = tf.shape(top_scores)[0]
+        state = (
+            tf.constant(0),
+            tf.zeros([batch], tf.int32),
+            tf.zeros([batch, cap_padded + 1, 4], boxes.dtype),
+            tf.zeros([batch, cap_padded + 1], top_scores.dtype),
+            tf.zeros([batch, cap_padded + 1], tf.int32),
         )
-        state = tf.cond(needs_more, resume, lambda: tuple(state))
+    state = _hard_nms_blocks(
+        state, boxes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block, padded
+    )
     _, count, sel_boxes, sel_scores, sel_idx = state
-    return sel_idx[:, :cap], sel_scores[:, :cap], sel_boxes[:, :cap], count
+    # More candidates may be needed if an image has room and its last sorted score still passes.
+    needs_more = tf.reduce_any(
+        tf.logical_and(count < max_out, top_scores[:, -1] > score_threshold)
+    )
+    outputs = (sel_idx[:, :cap], sel_scores[:, :cap], sel_boxes[:, :cap], count)
+    return outputs, needs_more, state
 
 
 def _batched_soft_nms(boxes, scores, max_output_size, score_threshold, sigma, jit_compile):
@@ -287,16 +313,12 @@ def _batched_soft_nms(boxes, scores, max_output_size, score_threshold, sigma, ji
     batch = tf.shape(scores)[0]
     if cap == 0:
         return _empty_outputs(batch, boxes.dtype)
-    padded = _bucket(num_boxes, 8)
-    boxes = tf.pad(boxes, [[0, 0], [0, padded - num_boxes], [0, 0]])
-    scores = tf.pad(scores, [[0, 0], [0, padded - num_boxes]], constant_values=-math.inf)
     scale = tf.cast(-0.5, tf.float32) / tf.cast(sigma, tf.float32)
+    padded = _bucket(num_boxes, 8)
     cap_padded = min(_bucket(cap, 8), padded)
-    outputs = _compiled(_soft_nms_loop, jit_compile)(
-        boxes, scores, max_out, score_threshold, scale, cap_padded
+    return _compiled(_soft_nms_loop, jit_compile)(
+        boxes, scores, max_out, score_threshold, scale, cap_padded, cap, padded
     )
-    indices, selected_scores, selected_boxes, count = outputs
-    return indices[:, :cap], selected_scores[:, :cap], selected_boxes[:, :cap], count
 
 
 def batched_non_max_suppression(
@@ -306,7 +328,7 @@ def batched_non_max_suppression(
     iou_threshold=0.5,
     score_threshold=-math.inf,
     soft_nms_sigma=0.0,
-    block_size=256,
+    block_size=None,
     jit_compile=True,
 ):
     """Per-image NMS over a batch, padded to a fixed size.
@@ -321,9 +343,10 @@ def batched_non_max_suppression(
             selected box are suppressed (hard NMS only).
         score_threshold: float, only boxes with score strictly greater than this are selected.
         soft_nms_sigma: Python float, Gaussian soft-NMS parameter; 0 means hard NMS.
-        block_size: int, candidates per tile in hard NMS (a speed knob, not a semantic one).
+        block_size: int, candidates per tile in hard NMS (a speed knob, not a semantic one);
+            None picks one from `max_output_size`.
         jit_compile: bool, compile the selection loop with XLA (much faster on CPU and GPU; one
-            compilation per power-of-two bucket of N). The sort always runs outside XLA.
+            compilation per input shape). The sort always runs outside XLA.
 
     Returns:
         A tuple `(indices, scores, boxes, valid_counts)`: int32 `(batch, K)` indices into N,
@@ -414,7 +437,8 @@ class NonMaxSuppression(keras.layers.Layer):
         iou_threshold: float, IoU strictly above which a box is suppressed (hard NMS).
         score_threshold: float, boxes with score <= this are never selected.
         soft_nms_sigma: float, Gaussian soft-NMS parameter; 0.0 selects hard NMS.
-        block_size: int, tile size of the hard-NMS computation (speed only).
+        block_size: int or None, tile size of the hard-NMS computation (speed only; None picks
+            one from `max_output_size`).
         jit_compile: bool, run the selection loop under XLA (speed only).
         **kwargs: Base layer keyword arguments (`name`, ...).
 
@@ -430,7 +454,7 @@ class NonMaxSuppression(keras.layers.Layer):
         iou_threshold=0.5,
         score_threshold=-math.inf,
         soft_nms_sigma=0.0,
-        block_size=256,
+        block_size=None,
         jit_compile=True,
         **kwargs,
     ):
@@ -439,13 +463,13 @@ class NonMaxSuppression(keras.layers.Layer):
             raise ValueError(f"max_output_size must be >= 0, got {max_output_size}.")
         if float(soft_nms_sigma) < 0.0:
             raise ValueError(f"soft_nms_sigma must be >= 0, got {soft_nms_sigma}.")
-        if int(block_size) < 1:
+        if block_size is not None and int(block_size) < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}.")
         self.max_output_size = int(max_output_size)
         self.iou_threshold = float(iou_threshold)
         self.score_threshold = float(score_threshold)
         self.soft_nms_sigma = float(soft_nms_sigma)
-        self.block_size = int(block_size)
+        self.block_size = None if block_size is None else int(block_size)
         self.jit_compile = bool(jit_compile)
         self.supports_masking = False
 
