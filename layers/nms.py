@@ -183,43 +183,41 @@ def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap_padded, c
     positions = tf.range(num_boxes)
     batch_range = tf.range(batch)
 
-    def cond(step, live, *_):
-        return tf.logical_and(step < max_out, tf.reduce_any(live))
+    # `current` holds each box's decayed score, -inf once it is selected or drops to or below
+    # the threshold, so `current > score_threshold` marks the live boxes.
+    def cond(step, current, *_):
+        return tf.logical_and(step < max_out, tf.reduce_any(current > score_threshold))
 
-    def body(step, live, current, sel_boxes, sel_scores, sel_idx, count):
+    def body(step, current, sel_scores, sel_idx, count):
         # Best live score; equal scores go to the lower index, as in TF's priority queue.
-        masked = tf.where(live, current, -math.inf)
-        best = tf.reduce_max(masked, axis=1, keepdims=True)
-        is_best = tf.logical_and(live, masked == best)
-        pick = tf.reduce_min(tf.where(is_best, positions[None, :], num_boxes), axis=1)
-        took = tf.reduce_any(live, axis=1)
-        pick = tf.minimum(pick, num_boxes - 1)
-        pick_box = _gather_rows(boxes, pick[:, None])  # (b, 1, 4)
-        pick_score = tf.gather(current, pick, batch_dims=1)
+        best = tf.reduce_max(current, axis=1, keepdims=True)
+        pick = tf.reduce_min(tf.where(current == best, positions[None, :], num_boxes - 1), axis=1)
+        took = best[:, 0] > score_threshold
         write = tf.stack([batch_range, tf.where(took, step, cap_padded)], axis=-1)
-        sel_boxes = tf.tensor_scatter_nd_update(sel_boxes, write, pick_box[:, 0])
-        sel_scores = tf.tensor_scatter_nd_update(sel_scores, write, pick_score)
+        sel_scores = tf.tensor_scatter_nd_update(sel_scores, write, best[:, 0])
         sel_idx = tf.tensor_scatter_nd_update(sel_idx, write, pick)
         count = count + tf.cast(took, tf.int32)
 
-        iou = pairwise_iou(pick_box, boxes)[:, 0, :]
+        iou = pairwise_iou(_gather_rows(boxes, pick[:, None]), boxes)[:, 0, :]
         # TF's order of operations: exp((scale * iou) * iou), then one multiply per selection.
         decayed = current * tf.exp(scale * iou * iou)
-        live = tf.logical_and(live, positions[None, :] != pick[:, None])
-        live = tf.logical_and(live, decayed > score_threshold)
-        return step + 1, live, decayed, sel_boxes, sel_scores, sel_idx, count
+        decayed = tf.where(positions[None, :] == pick[:, None], -math.inf, decayed)
+        # A NaN from -inf * 0 also fails the comparison and becomes -inf.
+        current = tf.where(decayed > score_threshold, decayed, -math.inf)
+        return step + 1, current, sel_scores, sel_idx, count
 
     state = (
         tf.constant(0),
-        scores > score_threshold,
-        scores,
-        tf.zeros([batch, cap_padded + 1, 4], boxes.dtype),
+        tf.where(scores > score_threshold, scores, -math.inf),
         tf.zeros([batch, cap_padded + 1], scores.dtype),
         tf.zeros([batch, cap_padded + 1], tf.int32),
         tf.zeros([batch], tf.int32),
     )
-    _, _, _, sel_boxes, sel_scores, sel_idx, count = tf.while_loop(cond, body, state)
-    return sel_idx[:, :cap], sel_scores[:, :cap], sel_boxes[:, :cap], count
+    _, _, sel_scores, sel_idx, count = tf.while_loop(cond, body, state)
+    sel_idx, sel_scores = sel_idx[:, :cap], sel_scores[:, :cap]
+    valid = tf.range(cap)[None, :] < count[:, None]
+    sel_boxes = tf.where(valid[:, :, None], _gather_rows(boxes, sel_idx), 0.0)
+    return sel_idx, sel_scores, sel_boxes, count
 
 
 _COMPILED = {}
