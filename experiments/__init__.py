@@ -11,6 +11,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 # name -> (module, one-line description). The runtime never imports these; only the CLI does.
 EXPERIMENTS = {
+    "init_gain": (
+        "experiments.init_gain",
+        "Initialisation gain: signal std through depth per activation x init; who trains.",
+    ),
     "softmax_regression": (
         "experiments.softmax_regression",
         "Runtime example: softmax regression on digits, the notes' softmax-layer gradient.",

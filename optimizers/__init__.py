@@ -1,0 +1,8 @@
+"""Keras optimizers written from the update equations, and learning-rate schedules."""
+
+from optimizers.adam import Adam, AdamL2, AdamW
+from optimizers.rmsprop import RMSProp
+from optimizers.schedules import WarmupCosineDecay
+from optimizers.sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamL2", "AdamW", "RMSProp", "WarmupCosineDecay"]
