@@ -71,7 +71,9 @@ def run(quick: bool = False) -> list[dict]:
             )
 
     boxes, scores = _uniform_boxes(1000)
-    ours = tf.function(lambda b, s: non_max_suppression(b, s, 100, 0.5, 0.0, soft_nms_sigma=0.5)[:2])
+    ours = tf.function(
+        lambda b, s: non_max_suppression(b, s, 100, 0.5, 0.0, soft_nms_sigma=0.5)[:2]
+    )
     peer = tf.function(
         lambda b, s: tf.image.non_max_suppression_with_scores(b, s, 100, 0.5, 0.0, 0.5)
     )

@@ -17,17 +17,27 @@ current score s_i, then decay every remaining score by the rule of TensorFlow's 
 their decayed scores equal `tf.image.non_max_suppression_with_scores` for non-negative scores.
 
 How hard NMS is computed (the idea of TF Model Garden's `sorted_non_max_suppression_padded`, with
-a different inner step): the candidates are sorted once (`tf.math.top_k`, stable) and processed in
-blocks of `block_size`. Each block is first suppressed by the boxes selected so far, compared tile
-by tile; the survivors then suppress each other in sorted order, which is the unique fixed point
-of  keep_i = alive_i and not any_{j<i}(keep_j and IoU_ij > t),  reached by iterating that equation
-(iteration k settles box k at the latest, usually far sooner). Selection stops as soon as
-`max_output_size` boxes are kept, and only the top `4 * max_output_size` scores are sorted until
-more are needed. Every shape is static, so the whole thing runs eagerly, inside `tf.function` and
-under `jit_compile=True`. It is written with TensorFlow ops (`tf.while_loop`, `tf.math.top_k`,
-`tf.tensor_scatter_nd_update`) on purpose: the data-dependent loop with early exit is the point,
-and keras.ops has no portable equivalent of a while loop with shape invariants and scatter into
-a padded buffer at the same speed. IoUs come from `layers.boxes.pairwise_iou` (keras.ops).
+a different inner step): the candidates are sorted by `tf.math.top_k` (stable) and processed in
+blocks (by default 1/4 of `max_output_size`, clamped to [32, 512]). Each block is first
+suppressed by the boxes selected so far (in one comparison while that buffer holds <= 256 boxes,
+else tile by tile over its filled part); the block's survivors then suppress each other in sorted
+order, which is the unique fixed point of
+
+    keep_i = alive_i and not any_{j<i}(keep_j and IoU_ij > iou_threshold),
+
+reached by iterating that equation (sweep k settles box k at the latest, usually far sooner).
+Selection stops as soon as `max_output_size` boxes are kept, and only the top
+`2 * max_output_size` scores are sorted until more are needed: top_k is stable, so that prefix is
+the full sort's prefix and a second stage resumes where the first stopped.
+
+Every shape is static. By default each stage's selection loop is one XLA program (`jit_compile`),
+which cuts the loop overheads that dominate on CPU; the sort stays outside XLA, whose CPU sort is
+several times slower (inside a caller's `jit_compile=True` function it cannot, so large N is
+slower there). It is written with TensorFlow ops (`tf.while_loop`, `tf.math.top_k`,
+`tf.tensor_scatter_nd_update`, `tf.function(jit_compile=...)`) on purpose: the data-dependent
+loop with early exit is the point, and keras.ops has no while loop with early exit, scatter into
+a padded buffer and per-call XLA compilation at the same speed. IoUs come from
+`layers.boxes.pairwise_iou` (keras.ops).
 """
 
 import math
@@ -236,7 +246,7 @@ def _compiled(fn, jit_compile):
 
 
 def _bucket(n, block):
-    """Padded length for n items: a power of two (few distinct compiled shapes), >= block."""
+    """Padded length for n items: the next power of two, rounded up to a multiple of block."""
     return max(block, _round_up(1 << max(n - 1, 0).bit_length(), block))
 
 
@@ -372,8 +382,8 @@ def batched_non_max_suppression(
         ValueError: On a negative `max_output_size` or `soft_nms_sigma`, an `iou_threshold`
             outside [0, 1], or an unknown N.
     """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    scores = tf.convert_to_tensor(scores, tf.float32)
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.cast(scores, tf.float32)
     static_iou = _static_float(iou_threshold)
     if static_iou is not None and not 0.0 <= static_iou <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
@@ -426,8 +436,8 @@ def non_max_suppression(
         selection order, their scores (decayed ones for soft-NMS) and the int32 count of valid
         entries. Unpadded, the first two have shape `(num_valid,)`.
     """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    scores = tf.convert_to_tensor(scores, tf.float32)
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.cast(scores, tf.float32)
     indices, selected_scores, _, count = batched_non_max_suppression(
         boxes[None], scores[None], max_output_size, iou_threshold, score_threshold,
         soft_nms_sigma, jit_compile=jit_compile,

@@ -165,7 +165,9 @@ def test_soft_nms_matches_tf_with_scores(seed, n, kind, sigma, score_thr, max_ou
         boxes, scores, max_out, 0.5, score_thr, sigma
     )
     for iou in (0.5, 0.9):  # iou_threshold plays no part in soft-NMS, in TF nor here
-        indices, selected, count = non_max_suppression(boxes, scores, max_out, iou, score_thr, sigma)
+        indices, selected, count = non_max_suppression(
+            boxes, scores, max_out, iou, score_thr, sigma
+        )
         np.testing.assert_array_equal(indices.numpy(), ref_idx.numpy())
         np.testing.assert_allclose(selected.numpy(), ref_scores.numpy(), atol=1e-6)
         assert int(count) == len(ref_idx)
@@ -175,7 +177,9 @@ def test_soft_nms_with_score_ties_inside_tf_function():
     boxes, scores = _case(12, 200, "large")
     scores = (np.round(scores * 4) / 4).astype("float32")
     ours = tf.function(lambda b, s: non_max_suppression(b, s, 100, 0.5, 0.1, 0.4)[:2])
-    ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(boxes, scores, 100, 0.5, 0.1, 0.4)
+    ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(
+        boxes, scores, 100, 0.5, 0.1, 0.4
+    )
     indices, selected = ours(boxes, scores)
     np.testing.assert_array_equal(indices.numpy(), ref_idx.numpy())
     np.testing.assert_allclose(selected.numpy(), ref_scores.numpy(), atol=1e-6)
@@ -223,7 +227,8 @@ def test_layer_in_functional_model_predict():
     boxes_in, scores_in = keras.Input((64, 4)), keras.Input((64,))
     outputs = NonMaxSuppression(10, iou_threshold=0.5)([boxes_in, scores_in])
     model = keras.Model([boxes_in, scores_in], outputs)
-    indices, _, counts, _ = model.predict([np.stack([boxes] * 4), np.stack([scores] * 4)], verbose=0)
+    batch = [np.stack([boxes] * 4), np.stack([scores] * 4)]
+    indices, _, counts, _ = model.predict(batch, verbose=0)
     expected = _reference(boxes, scores, 10, 0.5)
     for k in range(4):
         np.testing.assert_array_equal(indices[k, : counts[k]], expected)
