@@ -3,7 +3,8 @@
 Boxes are uniform random: both corners of each box uniform in [0, 1]^2 (then ordered), scores
 uniform in [0, 1], IoU threshold 0.5. Every callable is wrapped in `tf.function` the same way
 (ours runs its selection loop under XLA inside it, which is how it ships), warmed up, then timed
-over several repeats; the median wall time is reported, results synced with `.numpy()`.
+over several repeats with the compared calls interleaved (so load drift on a shared box hits both
+alike); the median wall time is reported, results synced with `.numpy()`.
 
     python -m benchmarks.bench_nms [--quick]
 """
@@ -25,15 +26,18 @@ def _uniform_boxes(n, seed=0, batch=None):
     return tf.constant(boxes), tf.constant(rng.uniform(size=shape).astype("float32"))
 
 
-def _median_ms(fn, args, repeats):
-    for _ in range(2):
-        tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-    times = []
+def _paired_median_ms(fns, args, repeats):
+    """Median wall time (ms) of each fn, calls interleaved so load drift hits all alike."""
+    for fn in fns:
+        for _ in range(2):
+            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+            bucket.append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in times]
 
 
 def _row(name, ours_ms, peer, peer_ms, target):
@@ -60,13 +64,11 @@ def run(quick: bool = False) -> list[dict]:
             ours_idx, peer_idx = ours(boxes, scores).numpy(), peer(boxes, scores).numpy()
             if not np.array_equal(ours_idx, peer_idx):
                 raise AssertionError(f"NMS selections differ at N={n}, max_output_size={max_out}")
+            ours_ms, peer_ms = _paired_median_ms([ours, peer], (boxes, scores), repeats)
             rows.append(
                 _row(
                     f"hard NMS N={n} max_out={max_out} ({len(peer_idx)} kept)",
-                    _median_ms(ours, (boxes, scores), repeats),
-                    "tf.image.non_max_suppression",
-                    _median_ms(peer, (boxes, scores), repeats),
-                    1.0,
+                    ours_ms, "tf.image.non_max_suppression", peer_ms, 1.0,
                 )
             )
 
@@ -77,14 +79,10 @@ def run(quick: bool = False) -> list[dict]:
     peer = tf.function(
         lambda b, s: tf.image.non_max_suppression_with_scores(b, s, 100, 0.5, 0.0, 0.5)
     )
+    ours_ms, peer_ms = _paired_median_ms([ours, peer], (boxes, scores), repeats)
     rows.append(
-        _row(
-            "soft-NMS sigma=0.5 N=1000 max_out=100",
-            _median_ms(ours, (boxes, scores), repeats),
-            "tf.image.non_max_suppression_with_scores",
-            _median_ms(peer, (boxes, scores), repeats),
-            1.0,
-        )
+        _row("soft-NMS sigma=0.5 N=1000 max_out=100", ours_ms,
+             "tf.image.non_max_suppression_with_scores", peer_ms, 1.0)
     )
 
     batch, n, max_out = 16, 1000, 100
@@ -100,15 +98,13 @@ def run(quick: bool = False) -> list[dict]:
             b[:, :, None, :], s[:, :, None], max_out, max_out, 0.5, clip_boxes=False
         )[:3]
 
-    ours_ms = _median_ms(ours, (boxes, scores), repeats)
-    name = f"batched layer batch={batch} N={n} max_out={max_out}"
-    rows.append(
-        _row(name, ours_ms, "per-image loop of tf.image.non_max_suppression",
-             _median_ms(tf.function(per_image_loop), (boxes, scores), repeats), 1.0)
+    ours_ms, loop_ms, combined_ms = _paired_median_ms(
+        [ours, tf.function(per_image_loop), tf.function(combined)], (boxes, scores), repeats
     )
+    name = f"batched layer batch={batch} N={n} max_out={max_out}"
+    rows.append(_row(name, ours_ms, "per-image loop of tf.image.non_max_suppression", loop_ms, 1.0))
     rows.append(
-        _row(name, ours_ms, "tf.image.combined_non_max_suppression (reference)",
-             _median_ms(tf.function(combined), (boxes, scores), repeats), None)
+        _row(name, ours_ms, "tf.image.combined_non_max_suppression (reference)", combined_ms, None)
     )
     return rows
 
