@@ -217,9 +217,9 @@ class Trainer:
         for metric in self.metrics:
             metric.reset_state()
         loss_sum, count = 0.0, 0.0
-        dist = inputs.distribute(self.strategy, make_dataset, self.global_batch_size)
-        iterator = iter(dist)
-        steps = int(make_dataset().cardinality())
+        dataset = make_dataset()
+        steps = int(dataset.cardinality())
+        iterator = iter(inputs.distribute(self.strategy, lambda: dataset, self.global_batch_size))
         for _ in range(steps):
             batch_loss, batch_count = self._eval_step(iterator)
             loss_sum += float(batch_loss)
