@@ -65,7 +65,8 @@ def distribute(strategy, make_dataset, global_batch_size):
         A distributed dataset whose per-replica elements partition each global batch.
     """
     check_batch_size(global_batch_size, strategy.num_replicas_in_sync)
-    if isinstance(strategy, tf.distribute.OneDeviceStrategy):
+    if strategy.num_replicas_in_sync == 1 and not isinstance(
+            strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)):
         # One replica: the split is the identity, and tf.distribute's input machinery costs
         # ~100 ms per iterator on a CPU, paid every epoch and every evaluation.
         return make_dataset().prefetch(tf.data.AUTOTUNE)
