@@ -485,6 +485,8 @@ class NonMaxSuppression(keras.layers.Layer):
         super().__init__(**kwargs)
         if int(max_output_size) < 0:
             raise ValueError(f"max_output_size must be >= 0, got {max_output_size}.")
+        if not 0.0 <= float(iou_threshold) <= 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}.")
         if float(soft_nms_sigma) < 0.0:
             raise ValueError(f"soft_nms_sigma must be >= 0, got {soft_nms_sigma}.")
         if block_size is not None and int(block_size) < 1:

@@ -257,6 +257,8 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="soft_nms_sigma"):
         NonMaxSuppression(5, soft_nms_sigma=-0.1)
     with pytest.raises(ValueError, match="iou_threshold"):
+        NonMaxSuppression(5, iou_threshold=1.2)
+    with pytest.raises(ValueError, match="iou_threshold"):
         non_max_suppression(np.zeros((3, 4), "float32"), np.zeros(3, "float32"), 2, 1.5)
 
 
