@@ -174,7 +174,7 @@ def part1_at_init(run, data, num_classes):
             rows.append({"activation": activation, "init": INIT_LABELS[init],
                          "std layer 1": first, f"std layer {FLAGS.depth}": last,
                          "ratio last/first": last / first if first else float("nan"),
-                         f"grad std layer 1": stats["gradient_std"][0],
+                         "grad std layer 1": stats["gradient_std"][0],
                          f"grad std layer {FLAGS.depth}": stats["gradient_std"][-1],
                          "top-layer saturation": stats["saturation"][-1]})
     run.add_table(f"Part 1: signal at initialisation (depth {FLAGS.depth}, width {FLAGS.width})",

@@ -301,8 +301,7 @@ class Trainer:
             history.append(record)
             self.epoch.assign(epoch + 1)
             self._save(history)
-            self._say(self._epoch_line(epoch + 1, epochs, logs, epoch_seconds, done_steps),
-                      end_progbar=progbar is not None)
+            self._say(self._epoch_line(epoch + 1, epochs, logs, epoch_seconds, done_steps))
             self.callbacks.on_epoch_end(epoch, logs)
             if self.model.stop_training:
                 status = "stopped"
@@ -359,6 +358,6 @@ class Trainer:
         parts.append(f"{seconds:.1f}s ({steps * self.global_batch_size / max(seconds, 1e-9):.0f} ex/s)")
         return " - ".join(parts)
 
-    def _say(self, line, end_progbar=False):
+    def _say(self, line):
         if self.verbose and self.is_chief:
             print(line, flush=True)

@@ -4,8 +4,6 @@ import concurrent.futures
 import json
 import os
 
-import pytest
-
 from tests.experiments.helpers import run_experiment
 
 MODULE = "experiments.softmax_regression"
