@@ -227,7 +227,7 @@ def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap_padded, c
     sel_idx, sel_scores = sel_idx[:, :cap], sel_scores[:, :cap]
     valid = tf.range(cap)[None, :] < count[:, None]
     sel_boxes = tf.where(valid[:, :, None], _gather_rows(boxes, sel_idx), 0.0)
-    return sel_idx, sel_scores, sel_boxes, count
+    return sel_idx, sel_scores, count, sel_boxes
 
 
 _COMPILED = {}
@@ -254,8 +254,8 @@ def _empty_outputs(batch, dtype):
     return (
         tf.zeros([batch, 0], tf.int32),
         tf.zeros([batch, 0], dtype),
-        tf.zeros([batch, 0, 4], dtype),
         tf.zeros([batch], tf.int32),
+        tf.zeros([batch, 0, 4], dtype),
     )
 
 
@@ -328,7 +328,7 @@ def _hard_nms_stage(
     needs_more = tf.reduce_any(
         tf.logical_and(count < max_out, top_scores[:, -1] > score_threshold)
     )
-    outputs = (sel_idx[:, :cap], sel_scores[:, :cap], sel_boxes[:, :cap], count)
+    outputs = (sel_idx[:, :cap], sel_scores[:, :cap], count, sel_boxes[:, :cap])
     return outputs, needs_more, state
 
 
@@ -369,13 +369,13 @@ def batched_non_max_suppression(
         soft_nms_sigma: Python float, Gaussian soft-NMS parameter; 0 means hard NMS.
         block_size: int, candidates per tile in hard NMS (a speed knob, not a semantic one);
             None picks one from `max_output_size`.
-        jit_compile: bool, compile the selection loop with XLA (much faster on CPU and GPU; one
+        jit_compile: bool, compile the selection loop with XLA (much faster on CPU; one
             compilation per input shape). The sort always runs outside XLA.
 
     Returns:
-        A tuple `(indices, scores, boxes, valid_counts)`: int32 `(batch, K)` indices into N,
-        float `(batch, K)` selected scores (decayed ones for soft-NMS), float `(batch, K, 4)` the
-        selected boxes and int32 `(batch,)` the number of valid entries per image, where
+        A tuple `(indices, scores, valid_counts, boxes)`: int32 `(batch, K)` indices into N,
+        float `(batch, K)` selected scores (decayed ones for soft-NMS), int32 `(batch,)` the
+        number of valid entries per image and float `(batch, K, 4)` the selected boxes, where
         K = min(max_output_size, N). Entries past `valid_counts` are zero.
 
     Raises:
@@ -438,7 +438,7 @@ def non_max_suppression(
     """
     boxes = tf.cast(boxes, tf.float32)
     scores = tf.cast(scores, tf.float32)
-    indices, selected_scores, _, count = batched_non_max_suppression(
+    indices, selected_scores, count, _ = batched_non_max_suppression(
         boxes[None], scores[None], max_output_size, iou_threshold, score_threshold,
         soft_nms_sigma, jit_compile=jit_compile,
     )
@@ -501,7 +501,7 @@ class NonMaxSuppression(keras.layers.Layer):
 
     def call(self, inputs):
         boxes, scores = inputs
-        indices, selected_scores, selected_boxes, counts = batched_non_max_suppression(
+        return batched_non_max_suppression(
             boxes,
             scores,
             self.max_output_size,
@@ -511,7 +511,6 @@ class NonMaxSuppression(keras.layers.Layer):
             self.block_size,
             self.jit_compile,
         )
-        return indices, selected_scores, counts, selected_boxes
 
     def compute_output_shape(self, input_shape):
         boxes_shape, _ = input_shape

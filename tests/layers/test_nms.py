@@ -211,7 +211,7 @@ def test_batched_soft_nms_equals_per_image_loop():
     rng = np.random.default_rng(14)
     boxes = np.stack([_boxes(rng, 100, "large") for _ in range(3)])
     scores = rng.uniform(size=(3, 100)).astype("float32")
-    indices, selected, _, counts = batched_non_max_suppression(boxes, scores, 30, 0.5, 0.1, 0.5)
+    indices, selected, counts, _ = batched_non_max_suppression(boxes, scores, 30, 0.5, 0.1, 0.5)
     for k in range(3):
         ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(
             boxes[k], scores[k], 30, 0.5, 0.1, 0.5
