@@ -26,3 +26,14 @@ def two_cpus():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) >= 2, devices
     return devices[:2]
+
+
+@pytest.fixture
+def mirrored_two_cpus(two_cpus):
+    """A MirroredStrategy over the two logical CPUs, set up as the runtime's factory does.
+
+    CPU collectives from several MirroredStrategy instances in one process can collide on
+    their instance keys; plain copies to one device cannot (and are what CPUs want anyway).
+    """
+    return tf.distribute.MirroredStrategy(
+        two_cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())

@@ -221,8 +221,8 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         layer_statistics(keras.Sequential([keras.layers.Dense(2)]), X)
 
 
-def test_callback_under_mirrored_strategy(tmp_path, two_cpus):
-    strategy = tf.distribute.MirroredStrategy(two_cpus)
+def test_callback_under_mirrored_strategy(tmp_path, mirrored_two_cpus):
+    strategy = mirrored_two_cpus
     with strategy.scope():
         model = _mlp("tanh")
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")

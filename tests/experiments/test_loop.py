@@ -39,10 +39,9 @@ def _train(strategy, clip_norm=None, epochs=3):
 
 
 @pytest.mark.parametrize("clip_norm", [None, 0.05])
-def test_mirrored_on_two_cpus_equals_one_device(two_cpus, clip_norm):
+def test_mirrored_on_two_cpus_equals_one_device(two_cpus, mirrored_two_cpus, clip_norm):
     one = tf.distribute.OneDeviceStrategy(two_cpus[0])
-    mirrored = tf.distribute.MirroredStrategy(
-        two_cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    mirrored = mirrored_two_cpus
     assert mirrored.num_replicas_in_sync == 2
     t1, r1 = _train(one, clip_norm)
     t2, r2 = _train(mirrored, clip_norm)
@@ -102,8 +101,8 @@ def test_nan_guard_stops_and_names_the_step(tmp_path):
     assert not tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
 
 
-def test_distribute_partitions_every_global_batch(two_cpus):
-    mirrored = tf.distribute.MirroredStrategy(two_cpus)
+def test_distribute_partitions_every_global_batch(mirrored_two_cpus):
+    mirrored = mirrored_two_cpus
     data = np.arange(10, dtype="int64")
     dist = inputs.distribute(
         mirrored, lambda: tf.data.Dataset.from_tensor_slices((data, data)).batch(4), 4)

@@ -120,12 +120,12 @@ def test_run_layer_test_2d_and_4d():
     )
 
 
-def test_mirrored_strategy_fit_matches_keras(two_cpus):
+def test_mirrored_strategy_fit_matches_keras(mirrored_two_cpus):
     x = np.random.default_rng(7).normal(2.0, 3.0, (16, 5)).astype("float32")
     y = np.zeros_like(x)
     results = []
     for cls in (BatchNorm, keras.layers.BatchNormalization):
-        with tf.distribute.MirroredStrategy(two_cpus).scope():
+        with mirrored_two_cpus.scope():
             model = keras.Sequential([keras.Input((5,)), cls(momentum=0.5)])
             model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)

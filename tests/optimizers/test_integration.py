@@ -91,8 +91,8 @@ def train_custom_loop(strategy, factory, steps=3, global_batch=8):
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_mirrored_equals_one_device(name, two_cpus):
-    mirrored = train_custom_loop(tf.distribute.MirroredStrategy(two_cpus), FACTORIES[name])
+def test_mirrored_equals_one_device(name, two_cpus, mirrored_two_cpus):
+    mirrored = train_custom_loop(mirrored_two_cpus, FACTORIES[name])
     single = train_custom_loop(tf.distribute.OneDeviceStrategy(two_cpus[0]), FACTORIES[name])
     initial = make_model().get_weights()
     assert max(np.abs(a - b).max() for a, b in zip(single, initial)) > 1e-3  # it trained
