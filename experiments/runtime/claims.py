@@ -94,5 +94,6 @@ def claims_markdown(claims):
     for c in claims:
         measured = format_measured(c.measured) + (f" ({c.detail})" if c.detail else "")
         mark = "✅ confirmed" if c.verdict == "confirmed" else "❌ refuted"
-        rows.append(f"| {c.text} | `{c.rule}` | {measured} | {mark} |")
+        text, measured = (v.replace("|", "\\|") for v in (c.text, measured))
+        rows.append(f"| {text} | `{c.rule}` | {measured} | {mark} |")
     return "\n".join(rows)
