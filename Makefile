@@ -22,7 +22,6 @@ tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port 6006
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks.trainer_vs_fit
 	$(PY) -m benchmarks.components
 
