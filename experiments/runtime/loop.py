@@ -10,6 +10,7 @@ a non-finite loss stops the run and records the step.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from experiments.runtime import files
 from experiments.runtime import inputs
 from experiments.runtime import summaries
 
@@ -55,17 +57,8 @@ class TrainResult:
         return self.history[-1].get(split, {}) if self.history else {}
 
 
-def _atomic_write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def weights_digest(model):
     """SHA-256 of the model's weights: equal digests mean bit-identical weights."""
-    import hashlib
-
     digest = hashlib.sha256()
     for w in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
@@ -344,7 +337,7 @@ class Trainer:
         # History first: a kill between the two leaves history one epoch ahead, which the
         # next restore trims to the checkpoint's epoch.
         if self.is_chief:
-            _atomic_write_json(os.path.join(self.model_dir, HISTORY_FILE), history)
+            files.write_json(os.path.join(self.model_dir, HISTORY_FILE), history)
         self._manager.save(checkpoint_number=int(self.epoch.numpy()))
 
     def _progbar(self, steps):

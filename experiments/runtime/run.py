@@ -7,6 +7,7 @@ which does the science through `run.trainer(...)`, `run.claim(...)`, `run.add_ta
 """
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -20,20 +21,14 @@ from absl import app
 from absl import logging
 from absl import flags
 
+from experiments.runtime import files
 from experiments.runtime import flags as runtime_flags
+from experiments.runtime import inputs
 from experiments.runtime.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
 CONFIG_FILE, RESULTS_FILE, REPORT_FILE = "config.json", "results.json", "report.md"
-
-
-def _write_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _ensure_writable(path):
@@ -75,10 +70,7 @@ class Run:
         self.task_type, self.task_id, self.num_workers, self.is_chief = (
             strategy_lib.worker_info(self.strategy))
         self.num_replicas = self.strategy.num_replicas_in_sync
-        if FLAGS.batch_size % self.num_replicas:
-            raise ConfigError(
-                f"--batch_size={FLAGS.batch_size} is not divisible by the "
-                f"{self.num_replicas} replicas of --strategy={FLAGS.strategy}")
+        inputs.check_batch_size(FLAGS.batch_size, self.num_replicas)
 
         chief_dir = FLAGS.model_dir or os.path.join(
             "runs", name, datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
@@ -88,7 +80,7 @@ class Run:
         self._check_previous_config()
         self.created_model_dir = not os.path.exists(self.model_dir)
         _ensure_writable(self.model_dir)
-        _write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config)
+        files.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config)
 
         keras.utils.set_random_seed(FLAGS.seed)
         if FLAGS.deterministic:
@@ -113,6 +105,13 @@ class Run:
             raise ConfigError(
                 f"--model_dir={self.model_dir} holds a run with other flags: {diffs}; "
                 "pass a new --model_dir or the same flags to resume")
+
+    @functools.cached_property
+    def writer(self):
+        """The run-level summary writer (text, hparams, plots) at model_dir."""
+        import tensorflow as tf
+
+        return tf.summary.create_file_writer(self.model_dir)
 
     # ------------------------------------------------------------------ for experiments
     @property
@@ -191,7 +190,7 @@ class Run:
             f.write(buffer.getvalue())
         if self.is_chief:
             image = tf.image.decode_png(buffer.getvalue(), channels=4)
-            summaries.write_image(self.model_dir, f"plots/{name}", np.asarray(image)[None])
+            summaries.write_image(self.writer, f"plots/{name}", np.asarray(image)[None])
         self.figures.append((caption, os.path.join("plots", f"{name}.png")))
 
     # --------------------------------------------------------------------- finishing
@@ -221,29 +220,28 @@ class Run:
 
         results = self.results()
         if self.is_chief:
-            summaries.write_run_text(self.model_dir, {
+            summaries.write_run_text(self.writer, {
                 "config": markdown_table([{"flag": k, "value": v}
                                           for k, v in self.config.items()]),
                 "claims": claims_markdown(self.claims) if self.claims else "(no claims)",
             })
             final = {f"final/{k}": v for k, v in self.metrics.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            summaries.write_hparams(self.model_dir, self.config, final)
-        with open(os.path.join(self.model_dir, REPORT_FILE + ".tmp"), "w") as f:
-            f.write(report.render(results, self.command, self.sections, self.figures))
-        os.replace(os.path.join(self.model_dir, REPORT_FILE + ".tmp"),
-                   os.path.join(self.model_dir, REPORT_FILE))
+            summaries.write_hparams(self.writer, self.config, final)
+            self.writer.flush()
+        files.write_text(os.path.join(self.model_dir, REPORT_FILE),
+                         report.render(results, self.command, self.sections, self.figures))
         # results.json last: its presence marks a complete run.
-        _write_json(os.path.join(self.model_dir, RESULTS_FILE), results)
+        files.write_json(os.path.join(self.model_dir, RESULTS_FILE), results)
         return results
 
 
 def print_summary(results, model_dir):
     """Prints the claims verdicts and where to look."""
     print(f"\n{results['experiment']}: {results['status']}")
-    for c in results["claims"]:
-        from experiments.runtime.claims import format_measured
+    from experiments.runtime.claims import format_measured
 
+    for c in results["claims"]:
         print(f"  [{c['verdict']:9s}] {c['text']}  (measured {format_measured(c['measured'])},"
               f" rule {c['rule']})")
     print(f"report: {os.path.join(model_dir, REPORT_FILE)}")

@@ -39,26 +39,24 @@ class Writers:
         self.validation.flush()
 
 
-def write_run_text(log_dir, texts, step=0):
-    """Writes markdown texts (config, claims) to a run-level writer at `log_dir`."""
-    writer = tf.summary.create_file_writer(log_dir)
+def write_run_text(writer, texts, step=0):
+    """Writes markdown texts (config, claims) with the run-level `writer`."""
     with writer.as_default(step=step):
         for name, markdown in texts.items():
             tf.summary.text(name, markdown)
     writer.flush()
 
 
-def write_hparams(log_dir, hparams, metrics=None):
+def write_hparams(writer, hparams, metrics=None):
     """Records the run's hyper-parameters (and final metrics) for TensorBoard's HParams tab.
 
     Args:
-        log_dir: The run-level log directory.
+        writer: The run-level summary writer.
         hparams: Flag values; non-scalar values are stringified.
         metrics: Optional final metrics `name -> float`, written as scalars next to them.
     """
     clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
              for k, v in hparams.items() if v is not None}
-    writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default(step=0):
         hparams_api.hparams(clean)
         for name, value in (metrics or {}).items():
@@ -66,9 +64,8 @@ def write_hparams(log_dir, hparams, metrics=None):
     writer.flush()
 
 
-def write_image(log_dir, tag, image, step=0):
-    """Writes a (1, H, W, C) uint8 image to a writer at `log_dir`."""
-    writer = tf.summary.create_file_writer(log_dir)
+def write_image(writer, tag, image, step=0):
+    """Writes a (1, H, W, C) uint8 image with `writer`."""
     with writer.as_default(step=step):
         tf.summary.image(tag, image)
     writer.flush()
