@@ -24,6 +24,8 @@ import random as python_random
 
 import keras
 
+from layers.registration import register
+
 Zeros = keras.initializers.Zeros
 
 _GAINS = {
@@ -97,7 +99,7 @@ class _SeededInitializer(keras.initializers.Initializer):
         return {"seed": self._init_seed}
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class XavierUniform(_SeededInitializer):
     """Glorot/Xavier uniform: U[-a, a] with a = gain * sqrt(6 / (fan_in + fan_out)).
 
@@ -121,7 +123,7 @@ class XavierUniform(_SeededInitializer):
         return {"gain": self.gain, **super().get_config()}
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class XavierNormal(_SeededInitializer):
     """Glorot/Xavier normal (not truncated): N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out)).
 
@@ -143,7 +145,7 @@ class XavierNormal(_SeededInitializer):
         return {"gain": self.gain, **super().get_config()}
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class HeNormal(_SeededInitializer):
     """He/Kaiming normal (not truncated): N(0, gain^2 / fan_in).
 
@@ -165,7 +167,7 @@ class HeNormal(_SeededInitializer):
         return {"gain": self.gain, **super().get_config()}
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class NaiveUniform(_SeededInitializer):
     """The pre-Glorot heuristic U[-1/sqrt(fan_in), 1/sqrt(fan_in)], kept as a baseline.
 

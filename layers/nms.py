@@ -46,8 +46,7 @@ import keras
 import tensorflow as tf
 
 from layers.boxes import pairwise_iou
-
-_PACKAGE = "keras_fundamentals"
+from layers.registration import register
 
 
 def _round_up(x, multiple):
@@ -448,7 +447,7 @@ def non_max_suppression(
     return indices, selected_scores, count
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class NonMaxSuppression(keras.layers.Layer):
     """Batched greedy NMS or Gaussian soft-NMS, padded to `max_output_size` (no weights).
 

@@ -25,8 +25,10 @@ layer does with `synchronized=False` (cross-replica statistics are not implement
 import keras
 from keras import ops
 
+from layers.registration import register
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+
+@register
 class BatchNorm(keras.layers.Layer):
     """Normalizes each channel with batch statistics in training, moving ones in inference.
 

@@ -26,6 +26,8 @@ z, r, h; separate input and recurrent biases):
 import keras
 from keras import ops
 
+from layers.registration import register
+
 
 class _GatedCell(keras.layers.Layer):
     """Shared constructor arguments, config and initial state of the gated cells."""
@@ -82,7 +84,7 @@ class _GatedCell(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class LSTMCell(_GatedCell):
     """One LSTM step; wrap in `keras.layers.RNN` to run it over a sequence.
 
@@ -166,7 +168,7 @@ class LSTMCell(_GatedCell):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class GRUCell(_GatedCell):
     """One GRU step ("reset after" form); wrap in `keras.layers.RNN` to run it over a sequence.
 

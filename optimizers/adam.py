@@ -39,6 +39,7 @@ history are decayed less -- the reason AdamW exists.
 import keras
 from keras import ops
 
+from layers.registration import register
 from optimizers.clipping import ClipAfterAllReduceMixin
 
 
@@ -60,7 +61,7 @@ def _one_minus_power(beta, step):
     return -ops.expm1(step * ops.log1p(ops.cast(-(1.0 - beta), step.dtype)))
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
     """Adam with bias-corrected moments and epsilon outside the root (Algorithm 1).
 
@@ -154,7 +155,7 @@ class Adam(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class AdamW(Adam):
     """Adam with decoupled weight decay: `theta -= lr * (AdamUpdate + weight_decay * theta)`.
 
@@ -212,7 +213,7 @@ class AdamW(Adam):
         self._update(gradient, variable, learning_rate, decay=decay)
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class AdamL2(Adam):
     """Adam on the L2-penalised gradient `g + l2 * theta` (coupled L2, "Adam + L2").
 

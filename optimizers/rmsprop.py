@@ -16,10 +16,11 @@ Without Keras' ``centered`` and ``momentum`` options this is exactly ``keras.opt
 import keras
 from keras import ops
 
+from layers.registration import register
 from optimizers.clipping import ClipAfterAllReduceMixin
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class RMSProp(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
     """Divides each gradient by the root of a running mean of its squares.
 

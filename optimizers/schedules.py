@@ -18,8 +18,10 @@ import math
 import keras
 from keras import ops
 
+from layers.registration import register
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+
+@register
 class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup from 0 to `peak_lr`, then cosine decay to `final_lr` at `total_steps`.
 

@@ -28,12 +28,13 @@ current gradient's share, i.e. ``theta <- theta - lr * (beta * v + (1 - beta) * 
 import keras
 from keras import ops
 
+from layers.registration import register
 from optimizers.clipping import ClipAfterAllReduceMixin
 
 MOMENTUM_FORMS = ("ema", "classic")
 
 
-@keras.saving.register_keras_serializable(package="keras_fundamentals")
+@register
 class SGD(ClipAfterAllReduceMixin, keras.optimizers.Optimizer):
     """Gradient descent with optional EMA or classic (heavy-ball) momentum.
 
