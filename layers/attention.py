@@ -20,8 +20,13 @@ Self-attention (Vaswani et al. 2017, "Attention Is All You Need", eq. 1), per he
     Q = X W_j^Q,  K = X W_j^K,  V = X W_j^V,  A_j = softmax_row(Q K^T / sqrt(d_k)),
     head_j = A_j V,  output = concat_j(head_j) W^O
 
-with an optional causal mask (position t sees only positions <= t) and a padding mask. Its
-weights have the shapes of `keras.layers.MultiHeadAttention`'s, so weights copy across directly.
+with an optional causal mask (position t sees only positions <= t; `use_causal_mask=True` at
+call time, as in keras) and a padding mask. Its weights have the shapes of
+`keras.layers.MultiHeadAttention`'s, so weights copy across directly.
+
+Every layer here supports Keras masks (query and value masks; the output carries the query's
+mask) and per-layer or global mixed-precision policies (float32 weights, outputs and
+`compute_output_spec` in the compute dtype).
 """
 
 import math
@@ -29,7 +34,7 @@ import math
 import keras
 from keras import ops
 
-_PACKAGE = "keras_fundamentals"
+from layers.registration import register
 
 
 def _large_negative(dtype):
@@ -56,10 +61,22 @@ def _causal_mask(num_queries, num_keys):
     return ops.greater_equal(rows, cols)
 
 
-class _QueryValueAttention(keras.layers.Layer):
-    """Shared plumbing of the query/value attention layers (masks, softmax, dropout, shapes).
+def _and_masks(*masks):
+    """The logical AND of the boolean masks that are not None (None if all are None)."""
+    result = None
+    for mask in masks:
+        if mask is None:
+            continue
+        mask = ops.cast(mask, "bool")
+        result = mask if result is None else ops.logical_and(result, mask)
+    return result
 
-    Subclasses implement `_scores(query, key) -> (batch, Tq, Tv)`.
+
+class _AttentionBase(keras.layers.Layer):
+    """What every attention layer here shares: dropout on the weights, masking, config.
+
+    `_attend(scores, mask, training)` turns (..., Tq, Tv) scores into the weights (masked
+    softmax) and the dropped-out weights used to mix the values.
     """
 
     def __init__(self, dropout=0.0, seed=None, **kwargs):
@@ -71,6 +88,24 @@ class _QueryValueAttention(keras.layers.Layer):
         self.supports_masking = True
         if dropout > 0.0:
             self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _attend(self, scores, mask, training):
+        weights = _masked_softmax(scores, mask)
+        if training and self.dropout > 0.0:
+            return weights, keras.random.dropout(weights, self.dropout, seed=self.seed_generator)
+        return weights, weights
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dropout": self.dropout, "seed": self.seed})
+        return config
+
+
+class _QueryValueAttention(_AttentionBase):
+    """Shared plumbing of the query/value attention layers (inputs, masks, shapes).
+
+    Subclasses implement `_scores(query, key) -> (batch, Tq, Tv)`.
+    """
 
     @staticmethod
     def _unpack(inputs):
@@ -126,16 +161,11 @@ class _QueryValueAttention(keras.layers.Layer):
                 query_mask = ops.expand_dims(query_mask, 1)
 
         scores = self._scores(query, key)  # (batch, Tq, Tv)
-        scores_mask = None
-        if value_mask is not None:
-            scores_mask = ops.expand_dims(ops.cast(value_mask, "bool"), -2)
+        causal = None
         if use_causal_mask:
             causal = ops.expand_dims(_causal_mask(ops.shape(scores)[-2], ops.shape(scores)[-1]), 0)
-            scores_mask = causal if scores_mask is None else ops.logical_and(scores_mask, causal)
-        weights = _masked_softmax(scores, scores_mask)
-        attended = weights
-        if training and self.dropout > 0.0:
-            attended = keras.random.dropout(weights, self.dropout, seed=self.seed_generator)
+        value_mask = None if value_mask is None else ops.expand_dims(value_mask, -2)
+        weights, attended = self._attend(scores, _and_masks(value_mask, causal), training)
         context = ops.matmul(attended, value)
         if query_mask is not None:
             context = ops.where(ops.expand_dims(ops.cast(query_mask, "bool"), -1), context, 0.0)
@@ -152,13 +182,23 @@ class _QueryValueAttention(keras.layers.Layer):
             return None
         return mask[0]
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({"dropout": self.dropout, "seed": self.seed})
-        return config
+    def compute_output_shape(self, input_shape):
+        query_shape, value_shape, _ = self._unpack_shapes(input_shape)
+        return (*query_shape[:-1], value_shape[-1])
+
+    def compute_output_spec(self, inputs, return_attention_scores=False, **kwargs):
+        # The layer computes in its policy's compute dtype (e.g. float16 under
+        # "mixed_float16"), whatever dtype the symbolic inputs carry.
+        query, value, key = self._unpack(inputs)
+        output_shape = self.compute_output_shape((query.shape, value.shape))
+        output = keras.KerasTensor(output_shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        weights_shape = (*query.shape[:-1], key.shape[-2])
+        return output, keras.KerasTensor(weights_shape, dtype=self.compute_dtype)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class DotProductAttention(_QueryValueAttention):
     """Luong dot-product attention: score_ti = g * s_t . h_i, weights = softmax over i.
 
@@ -204,7 +244,7 @@ class DotProductAttention(_QueryValueAttention):
         return config
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class AdditiveAttention(_QueryValueAttention):
     """Bahdanau additive attention: score_ti = v^T tanh(W_q s_t + W_k h_i).
 
@@ -291,25 +331,29 @@ class AdditiveAttention(_QueryValueAttention):
         return config
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class SelfAttention(keras.layers.Layer):
+@register
+class SelfAttention(_AttentionBase):
     """Multi-head scaled dot-product self-attention over a sequence X of shape (batch, T, d).
 
     Weights mirror `keras.layers.MultiHeadAttention`: `query_kernel` (d, heads, key_dim),
     `query_bias` (heads, key_dim), likewise for key and value, `output_kernel`
     (heads, value_dim, output_dim) and `output_bias` (output_dim,), created in that order, so
-    `mha.set_weights(layer.get_weights())` copies them (same `use_bias`).
+    `mha.set_weights(layer.get_weights())` copies them (same `use_bias`), and
+    `layer(x, mask=m, use_causal_mask=c)` equals
+    `mha(x, x, query_mask=m, value_mask=m, use_causal_mask=c)`.
 
-    Masking: a padding mask (batch, T) removes padded keys from every row and gives padded
-    query rows all-zero weights (as keras' masked Softmax does); `causal=True` adds the
-    lower-triangular mask of a decoder.
+    Masking: a padding mask (batch, T) (a Keras mask, e.g. from `Embedding(mask_zero=True)`,
+    or `mask=`) removes padded keys from every row and gives padded query rows all-zero weights
+    (as keras' masked Softmax does); `use_causal_mask=True` at call time adds the
+    lower-triangular mask of a decoder. The output carries the input's Keras mask.
 
     Args:
         key_dim: Size d_k of each head's queries and keys.
         num_heads: Number of attention heads.
         value_dim: Size of each head's values; defaults to `key_dim`.
         output_dim: Size of the output projection; defaults to the input size d.
-        causal: Let position t attend only to positions <= t.
+        causal: Deprecated alias kept for saved models and old code: always apply the causal
+            mask, as if every call passed `use_causal_mask=True`.
         dropout: Fraction of the attention weights dropped during training.
         use_bias: Whether the four projections have biases.
         kernel_initializer: Initialiser of the projection kernels.
@@ -332,22 +376,15 @@ class SelfAttention(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        super().__init__(dropout=dropout, seed=seed, **kwargs)
         self.key_dim = key_dim
         self.num_heads = num_heads
         self.value_dim = value_dim
         self.output_dim = output_dim
         self.causal = causal
-        self.dropout = dropout
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.seed = seed
-        self.supports_masking = True
-        if dropout > 0.0:
-            self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
         model_dim = input_shape[-1]
@@ -385,7 +422,13 @@ class SelfAttention(keras.layers.Layer):
         return y if bias is None else y + bias
 
     def call(
-        self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
     ):
         """Applies self-attention.
 
@@ -397,6 +440,8 @@ class SelfAttention(keras.layers.Layer):
                 attend to key s; combined with the padding and causal masks.
             training: Whether to apply dropout to the attention weights.
             return_attention_scores: Also return the weights.
+            use_causal_mask: Let position t attend only to positions <= t (as
+                `keras.layers.MultiHeadAttention`'s argument of the same name).
 
         Returns:
             The output, (batch, T, output_dim), and with `return_attention_scores` also the
@@ -409,26 +454,19 @@ class SelfAttention(keras.layers.Layer):
         query = query * ops.cast(1.0 / math.sqrt(self.key_dim), query.dtype)
         scores = ops.einsum("bthk,bshk->bhts", query, key)
 
-        full_mask = None  # broadcastable to (batch, T, T)
+        padding = None
         if mask is not None:
             mask = ops.cast(mask, "bool")
-            full_mask = ops.logical_and(ops.expand_dims(mask, -1), ops.expand_dims(mask, -2))
-        if attention_mask is not None:
-            attention_mask = ops.cast(attention_mask, "bool")
-            full_mask = (
-                attention_mask if full_mask is None else ops.logical_and(full_mask, attention_mask)
-            )
-        if self.causal:
+            padding = ops.logical_and(ops.expand_dims(mask, -1), ops.expand_dims(mask, -2))
+        causal = None
+        if use_causal_mask or self.causal:
             length = ops.shape(inputs)[1]
             causal = ops.expand_dims(_causal_mask(length, length), 0)
-            full_mask = causal if full_mask is None else ops.logical_and(full_mask, causal)
+        full_mask = _and_masks(padding, attention_mask, causal)  # broadcastable to (b, T, T)
         if full_mask is not None:
             full_mask = ops.expand_dims(full_mask, 1)  # broadcast over heads
 
-        weights = _masked_softmax(scores, full_mask)
-        attended = weights
-        if training and self.dropout > 0.0:
-            attended = keras.random.dropout(weights, self.dropout, seed=self.seed_generator)
+        weights, attended = self._attend(scores, full_mask, training)
         context = ops.einsum("bhts,bshv->bthv", attended, value)
         outputs = ops.einsum("bthv,hvo->bto", context, self.output_kernel)
         if self.output_bias is not None:
@@ -440,6 +478,17 @@ class SelfAttention(keras.layers.Layer):
     def compute_mask(self, inputs, mask=None):
         return mask
 
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.output_dim or input_shape[-1])
+
+    def compute_output_spec(self, inputs, return_attention_scores=False, **kwargs):
+        output = keras.KerasTensor(self.compute_output_shape(inputs.shape), self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        batch, length = inputs.shape[0], inputs.shape[1]
+        weights = keras.KerasTensor((batch, self.num_heads, length, length), self.compute_dtype)
+        return output, weights
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -449,11 +498,9 @@ class SelfAttention(keras.layers.Layer):
                 "value_dim": self.value_dim,
                 "output_dim": self.output_dim,
                 "causal": self.causal,
-                "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "seed": self.seed,
             }
         )
         return config

@@ -17,16 +17,18 @@ Bottlenecks", table 1), with c_in input channels and expansion t:
     y = BN(conv_1x1(h, filters))               (linear bottleneck: no activation)
     y = x + y                                  only when stride == 1 and c_in == filters
 
-Images are channels-last, (batch, height, width, channels).
+Images are channels-last, (batch, height, width, channels). Every sub-layer gets the block's
+dtype policy (as keras' composite layers do), so `dtype="mixed_float16"` works per block: float32
+weights, float16 compute, and the shortcut and branch meet in one dtype.
 """
 
 import keras
 from keras import layers, ops
 
-_PACKAGE = "keras_fundamentals"
+from layers.registration import register
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class ResidualBlock(keras.layers.Layer):
     """ResNet basic block: conv-BN-ReLU-conv-BN plus an identity or 1x1 projection shortcut.
 
@@ -79,11 +81,16 @@ class ResidualBlock(keras.layers.Layer):
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer,
             name=name,
+            dtype=self.dtype_policy,
         )
 
     def _bn(self, name, gamma="ones"):
         return layers.BatchNormalization(
-            momentum=self.momentum, epsilon=self.epsilon, gamma_initializer=gamma, name=name
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            gamma_initializer=gamma,
+            name=name,
+            dtype=self.dtype_policy,
         )
 
     def build(self, input_shape):
@@ -132,7 +139,7 @@ class ResidualBlock(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class InvertedResidual(keras.layers.Layer):
     """MobileNetV2 bottleneck: 1x1 expand, 3x3 depthwise, linear 1x1 projection, residual.
 
@@ -173,7 +180,9 @@ class InvertedResidual(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def _bn(self, name):
-        return layers.BatchNormalization(momentum=self.momentum, epsilon=self.epsilon, name=name)
+        return layers.BatchNormalization(
+            momentum=self.momentum, epsilon=self.epsilon, name=name, dtype=self.dtype_policy
+        )
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
@@ -183,7 +192,7 @@ class InvertedResidual(keras.layers.Layer):
         if self.expansion != 1:
             self.expand_conv = layers.Conv2D(
                 hidden, 1, use_bias=False, kernel_initializer=self.kernel_initializer,
-                name="expand",
+                name="expand", dtype=self.dtype_policy,
             )
             self.expand_bn = self._bn("expand_bn")
             self.expand_conv.build(shape)
@@ -192,6 +201,7 @@ class InvertedResidual(keras.layers.Layer):
         self.depthwise_conv = layers.DepthwiseConv2D(
             self.kernel_size, strides=self.stride, padding="same", use_bias=False,
             depthwise_initializer=self.kernel_initializer, name="depthwise",
+            dtype=self.dtype_policy,
         )
         self.depthwise_bn = self._bn("depthwise_bn")
         self.depthwise_conv.build(shape)
@@ -199,7 +209,7 @@ class InvertedResidual(keras.layers.Layer):
         self.depthwise_bn.build(shape)
         self.project_conv = layers.Conv2D(
             self.filters, 1, use_bias=False, kernel_initializer=self.kernel_initializer,
-            name="project",
+            name="project", dtype=self.dtype_policy,
         )
         self.project_bn = self._bn("project_bn")
         self.project_conv.build(shape)

@@ -17,10 +17,10 @@ import keras
 import numpy as np
 from keras import ops
 
-_PACKAGE = "keras_fundamentals"
+from layers.registration import register
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class SkipGram(keras.layers.Layer):
     """Scores (target, context) word pairs with separate target and context embeddings.
 
@@ -74,6 +74,13 @@ class SkipGram(keras.layers.Layer):
         context_vectors = ops.take(self.context_embedding, ops.cast(contexts, "int32"), axis=0)
         return ops.einsum("bd,bkd->bk", target_vectors, context_vectors)
 
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[1])
+
+    def compute_output_spec(self, inputs):
+        # Logits come out in the policy's compute dtype (float16 under "mixed_float16").
+        return keras.KerasTensor(tuple(inputs[1].shape), dtype=self.compute_dtype)
+
     @property
     def word_vectors(self):
         """The target embedding W, (vocab_size, embedding_dim): the usual word vectors."""
@@ -106,7 +113,7 @@ def negative_sampling_loss(logits):
     return ops.softplus(-logits[:, 0]) + ops.sum(ops.softplus(logits[:, 1:]), axis=-1)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 class NegativeSamplingLoss(keras.losses.Loss):
     """Negative-sampling loss as a Keras loss, for `model.compile(loss=...)`.
 

@@ -39,12 +39,20 @@ QUERY_MASK = np.array([[True, True, False], [True, False, True]])
     (AdditiveAttention, {"projections": False}),
 ])
 def test_layer_contract(layer_cls, kwargs):
-    run_layer_test(layer_cls, kwargs, [_data(B, TQ, D), _data(B, TV, D)], (B, TQ, D))
+    # Two outputs (context and weights), query and value masks, causal mask at call time.
+    run_layer_test(
+        layer_cls, kwargs, [_data(B, TQ, D), _data(B, TV, D)], [(B, TQ, D), (B, TQ, TV)],
+        call_kwargs={"return_attention_scores": True, "use_causal_mask": True},
+        input_mask=[QUERY_MASK, VALUE_MASK], expected_output_mask=QUERY_MASK,
+    )
 
 
 def test_self_attention_contract():
     run_layer_test(
-        SelfAttention, {"key_dim": 3, "num_heads": 2, "causal": True}, _data(B, TV, D), (B, TV, D)
+        SelfAttention, {"key_dim": 3, "num_heads": 2}, _data(B, TV, D),
+        [(B, TV, D), (B, 2, TV, TV)],
+        call_kwargs={"return_attention_scores": True, "use_causal_mask": True},
+        input_mask=VALUE_MASK, expected_output_mask=VALUE_MASK,
     )
 
 
@@ -131,8 +139,8 @@ def _mha_twin(layer, num_heads, key_dim, x):
 @pytest.mark.parametrize("causal", [False, True])
 def test_self_attention_equals_multi_head_attention(num_heads, key_dim, causal):
     x = _data(B, TV, D)
-    layer = SelfAttention(key_dim=key_dim, num_heads=num_heads, causal=causal)
-    out, w = layer(x, return_attention_scores=True)
+    layer = SelfAttention(key_dim=key_dim, num_heads=num_heads)
+    out, w = layer(x, return_attention_scores=True, use_causal_mask=causal)
     mha = _mha_twin(layer, num_heads, key_dim, x)
     out_k, w_k = mha(x, x, use_causal_mask=causal, return_attention_scores=True)
     np.testing.assert_allclose(_np(w), _np(w_k), atol=1e-5)
@@ -170,3 +178,103 @@ def test_dropout_only_in_training():
     layer = SelfAttention(key_dim=4, dropout=0.5, seed=1)
     np.testing.assert_allclose(_np(layer(x)), _np(layer(x, training=False)), atol=0)
     assert not np.allclose(_np(layer(x, training=True)), _np(layer(x)))
+
+
+def test_self_attention_deprecated_causal_argument_still_masks():
+    x = _data(B, TV, D)
+    old = SelfAttention(key_dim=4, causal=True)
+    new = SelfAttention.from_config({**old.get_config(), "causal": False})
+    out_old = old(x)
+    new(x)
+    new.set_weights(old.get_weights())
+    assert not np.allclose(_np(out_old), _np(new(x)), atol=1e-3)
+    np.testing.assert_allclose(_np(out_old), _np(new(x, use_causal_mask=True)), atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_keras_masks_equal_multi_head_attention(causal):
+    # In a functional model, Embedding(mask_zero=True) feeds both layers the same Keras mask,
+    # and both hand it on. At real tokens the outputs agree; at padded ones ours gives the
+    # query zero weights (as MHA's explicit `attention_mask` path and keras' masked Softmax
+    # do), values that are masked out downstream either way.
+    tokens = np.array([[3, 1, 2, 0, 0], [1, 1, 4, 2, 5]])
+    real = tokens != 0
+    emb = keras.layers.Embedding(6, D, mask_zero=True)
+    x = emb(tokens)
+    ours = SelfAttention(key_dim=3, num_heads=2)
+    ours(x)
+    mha = _mha_twin(ours, 2, 3, x)
+    outputs = []
+    for call in (lambda e: ours(e, use_causal_mask=causal),
+                 lambda e: mha(e, e, use_causal_mask=causal)):
+        # Separate models: MHA clears the Keras mask of the tensor it is given.
+        token_input = keras.Input((TV,), dtype="int32")
+        out_sym = call(emb(token_input))
+        assert out_sym._keras_mask is not None
+        outputs.append(keras.Model(token_input, out_sym)(tokens))
+    out, out_k = outputs
+    np.testing.assert_allclose(_np(out)[real], _np(out_k)[real], atol=1e-5)
+    pair = real[:, :, None] & real[:, None, :]
+    if causal:
+        pair = pair & np.tril(np.ones((TV, TV), bool))
+    explicit = mha(_np(x), _np(x), attention_mask=pair, return_attention_scores=True)[0]
+    np.testing.assert_allclose(_np(out), _np(explicit), atol=1e-5)
+    np.testing.assert_allclose(_np(ours(_np(x), mask=real, use_causal_mask=causal)),
+                               _np(explicit), atol=1e-5)
+
+
+@pytest.mark.parametrize("ours_cls,peer_cls,kwargs", [
+    (DotProductAttention, keras.layers.Attention, {"use_scale": True}),
+    (AdditiveAttention, keras.layers.AdditiveAttention, {"use_scale": True}),
+])
+def test_query_value_keras_masks_equal_keras(ours_cls, peer_cls, kwargs):
+    # In a functional model with Masking in front, both layers get [query_mask, value_mask]
+    # from Keras, mask causally at call time, and hand on the query mask.
+    q, v = _data(B, TQ, D), _data(B, TV, D)
+    q[~QUERY_MASK], v[~VALUE_MASK] = 0.0, 0.0
+    extra = {} if ours_cls is DotProductAttention else {"projections": False}
+    outputs = []
+    for cls, kw in ((ours_cls, {**kwargs, **extra}), (peer_cls, kwargs)):
+        qi, vi = keras.Input((TQ, D)), keras.Input((TV, D))
+        layer = cls(**kw)
+        out = layer([keras.layers.Masking()(qi), keras.layers.Masking()(vi)],
+                    use_causal_mask=True, return_attention_scores=True)
+        layer.set_weights([np.full(w.shape, 0.7, "float32") for w in layer.get_weights()])
+        mask = out[0]._keras_mask
+        assert mask is not None and tuple(mask.shape) == (None, TQ)
+        outputs.append(keras.Model([qi, vi], out)([q, v]))
+    for got, want in zip(*outputs):
+        np.testing.assert_allclose(_np(got), _np(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_matches_keras_built_ins(policy):
+    q, v = _data(B, TQ, D), _data(B, TV, D)
+    tol = 2e-2 if policy == "mixed_float16" else 1e-1
+    pairs = [
+        (DotProductAttention(use_scale=True, dtype=policy),
+         keras.layers.Attention(use_scale=True, dtype=policy), [q, v]),
+        (AdditiveAttention(projections=False, dtype=policy),
+         keras.layers.AdditiveAttention(dtype=policy), [q, v]),
+    ]
+    for ours, peer, inputs in pairs:
+        ours(inputs)
+        peer(inputs)
+        peer.set_weights(ours.get_weights())
+        kw = dict(mask=[QUERY_MASK, VALUE_MASK], use_causal_mask=True)
+        out, out_k = ours(inputs, **kw), peer(inputs, **kw)
+        assert out.dtype == out_k.dtype
+        np.testing.assert_allclose(_np(out).astype("float32"), _np(out_k).astype("float32"),
+                                   atol=tol)
+    x = _data(B, TV, D)
+    ours = SelfAttention(key_dim=3, num_heads=2, dtype=policy)
+    ours(x)
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3, dtype=policy)
+    mha(x, x)
+    mha.set_weights(ours.get_weights())
+    out = ours(x, mask=VALUE_MASK, use_causal_mask=True)
+    pair = VALUE_MASK[:, :, None] & VALUE_MASK[:, None, :] & np.tril(np.ones((TV, TV), bool))
+    out_k = mha(x, x, attention_mask=pair, return_attention_scores=True)[0]
+    assert out.dtype == out_k.dtype
+    np.testing.assert_allclose(_np(out).astype("float32"), _np(out_k).astype("float32"),
+                               atol=tol)

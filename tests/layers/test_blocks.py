@@ -99,3 +99,24 @@ def test_inverted_residual_adds_input_only_when_shapes_match():
     no_skip = InvertedResidual(6, expansion=3)
     no_skip(x)
     assert not no_skip.has_residual
+
+
+@pytest.mark.parametrize("block_cls,kwargs", [
+    (ResidualBlock, {"filters": 4}),
+    (ResidualBlock, {"filters": 6, "strides": 2}),
+    (InvertedResidual, {"filters": 4, "expansion": 2}),
+])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_per_block_mixed_policy_reaches_sub_layers(block_cls, kwargs, policy):
+    # Every sub-layer gets the block's policy: shortcut and branch meet in one dtype, and the
+    # block computes what the float32 block with the same weights computes, to half precision.
+    x = _images(2, 6, 4)
+    mixed, full = block_cls(**kwargs, dtype=policy), block_cls(**kwargs)
+    out = mixed(x, training=False)
+    full(x)
+    full.set_weights(mixed.get_weights())
+    assert keras.backend.standardize_dtype(out.dtype) == mixed.compute_dtype
+    assert all(layer.dtype_policy.name == policy for layer in mixed._layers)
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    np.testing.assert_allclose(_np(out).astype("float32"), _np(full(x, training=False)),
+                               atol=5e-2 if policy == "mixed_float16" else 2e-1, rtol=5e-2)

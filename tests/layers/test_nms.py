@@ -242,7 +242,7 @@ def test_run_layer_test():
         NonMaxSuppression,
         {"max_output_size": 8, "iou_threshold": 0.6, "score_threshold": 0.1, "soft_nms_sigma": 0.0},
         [boxes, scores],
-        expected_output_shape=(2, 8),
+        expected_output_shape=[(2, 8), (2, 8), (2,), (2, 8, 4)],
         expected_num_trainable_weights=0,
         expect_trainable_change=False,
     )

@@ -111,13 +111,60 @@ def test_bad_units_raise():
         LSTMCell(0)
 
 
+# Example 0 ends in two padded steps, example 2 has one hole: RNN carries the state over it.
+MASK = np.array([[True, True, True, False, False], [True] * 5, [True, False, True, True, True]])
+
+
 @pytest.mark.parametrize("cell_cls", [LSTMCell, GRUCell])
 def test_run_layer_test_rnn_wrapped(cell_cls):
     run_layer_test(
         _RNN,
-        {"cell": cell_cls(3, kernel_regularizer="l2"), "return_sequences": True},
+        lambda: {"cell": cell_cls(3, kernel_regularizer="l2"), "return_sequences": True},
         _sequence(8),
         (BATCH, STEPS, 3),
+        input_mask=MASK,
+        expected_output_mask=MASK,
         expected_num_trainable_weights=3,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_masked_lstm_matches_keras_lstm(return_sequences):
+    # The same mask given explicitly and as a Keras mask (Masking in a functional model).
+    x = _sequence(9)
+    x[~MASK] = 0.0
+    ours = keras.layers.RNN(LSTMCell(UNITS), return_sequences=return_sequences)
+    ref = keras.layers.LSTM(UNITS, return_sequences=return_sequences)
+    ours(x)
+    ref(x)
+    _copy_random_weights(ours, ref, seed=10)
+    np.testing.assert_allclose(_np(ours(x, mask=MASK)), _np(ref(x, mask=MASK)), atol=1e-5)
+    results = []
+    for layer in (ours, ref):
+        inputs = keras.Input((STEPS, FEATURES))
+        out = layer(keras.layers.Masking(0.0)(inputs))
+        assert (getattr(out, "_keras_mask", None) is not None) == return_sequences
+        results.append(_np(keras.Model(inputs, out)(x)))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5)
+    unmasked = _np(ours(x))
+    assert not np.allclose(results[0], unmasked, atol=1e-3)  # the mask mattered
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_lstm_matches_keras(policy):
+    x = _sequence(11)
+    ours = keras.layers.RNN(LSTMCell(UNITS, dtype=policy), return_sequences=True, dtype=policy)
+    ref = keras.layers.LSTM(UNITS, return_sequences=True, dtype=policy)
+    ours(x)
+    ref(x)
+    _copy_random_weights(ours, ref, seed=12)
+    got, want = ours(x, mask=MASK), ref(x, mask=MASK)
+    assert got.dtype == want.dtype
+    assert all(w.dtype == "float32" for w in ours.weights)
+    np.testing.assert_allclose(_np(got).astype("float32"), _np(want).astype("float32"),
+                               atol=2e-2 if policy == "mixed_float16" else 1e-1)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
