@@ -396,3 +396,52 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert lines == ["shape_scenes: error: unknown shape_scenes config 'nope'; choose one of "
                      "default, image96, quick, tiny or pass a ShapeScenesConfig",
                      "shape_scenes: error: --show must be >= 0, got -1"]
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.parametrize("name,split", [("coco_captions", "validation"), ("voc", "train"),
+                                        ("coco", "validation")])
+def test_real_datasets_map_to_the_same_structure(name, split):
+    from experiments.data import real_scenes
+
+    with tfds.testing.mock_data(num_examples=3):
+        examples = list(tfds.as_numpy(real_scenes.load_real(name, split)))
+        num_classes = len(real_scenes.class_names(name))
+    assert len(examples) == 3
+    for i, ex in enumerate(examples):
+        assert set(ex) == {"id", "image", "objects", "captions", "has_overlap"}
+        assert ex["image"].dtype == np.uint8 and ex["image"].ndim == 3
+        assert ex["image"].shape[-1] == 3
+        n = len(ex["objects"]["label"])
+        assert ex["objects"]["bbox"].shape == (n, 4) and ex["objects"]["bbox"].dtype == np.float32
+        assert ex["objects"]["label"].dtype == np.int64 and ex["objects"]["area"].shape == (n,)
+        assert np.all((ex["objects"]["label"] >= 0) & (ex["objects"]["label"] < num_classes))
+        assert ex["captions"].shape == (ss.NUM_CAPTIONS,)
+        if name == "coco_captions":
+            assert ex["captions"][0] != b""
+        else:
+            assert all(c == b"" for c in ex["captions"])
+        if name == "voc":
+            assert ex["id"] == i + 1
+        expected_overlap = any(
+            ex["objects"]["label"][a] == ex["objects"]["label"][b]
+            and _iou(ex["objects"]["bbox"][a], ex["objects"]["bbox"][b]) >= ss.OVERLAP_IOU_MIN
+            for a, b in itertools.combinations(range(n), 2))
+        assert bool(ex["has_overlap"]) == expected_overlap
+
+
+def test_real_overlap_flag_and_errors(tmp_path):
+    from experiments.data import real_scenes
+
+    boxes = np.array([[0, 0, 0.5, 0.5], [0, 0.1, 0.5, 0.6], [0.6, 0.6, 1, 1]], np.float32)
+    iou = real_scenes.pairwise_iou(boxes).numpy()
+    assert iou[0, 1] == pytest.approx(0.4 / 0.6) and iou[0, 2] == 0 and iou[1, 1] == 1
+    assert bool(real_scenes.has_same_class_overlap(boxes, np.array([1, 1, 2])))
+    assert not bool(real_scenes.has_same_class_overlap(boxes, np.array([1, 2, 1])))
+    with pytest.raises(ConfigError, match="unknown real scenes dataset 'imagenet'"):
+        real_scenes.load_real("imagenet", "train")
+    with pytest.raises(ConfigError) as info:  # an empty data_dir: no download, one line
+        real_scenes.load_real("voc", "train", data_dir=str(tmp_path))
+    assert "\n" not in str(info.value) and "--data_dir" in str(info.value)
