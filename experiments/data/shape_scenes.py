@@ -68,6 +68,7 @@ from experiments.runtime.errors import ConfigError
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
 SIZES = ("small", "large")
+CLASS_NAMES = SHAPES  # detection classes: objects/label indexes this
 PALETTE = {
     "red": (220, 40, 40),
     "orange": (245, 140, 20),
@@ -586,7 +587,6 @@ class ShapeScenes(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ ==
                 "has_overlap": np.bool_,
             }),
             supervised_keys=None,
-            homepage="https://github.com/ (generated; see experiments/data/shape_scenes.py)",
         )
 
     def _split_generators(self, dl_manager):
@@ -720,7 +720,7 @@ def show(examples, path, columns=4, scale=3):
     if not examples:
         raise ConfigError("nothing to show")
     size = examples[0]["image"].shape[0] * scale
-    text_h = 24
+    text_h = 36
     rows = -(-len(examples) // columns)
     sheet = Image.new("RGB", (columns * (size + 4), rows * (size + text_h + 4)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -739,11 +739,11 @@ def show(examples, path, columns=4, scale=3):
         caption = ex["captions"][0]
         caption = caption.decode() if isinstance(caption, bytes) else str(caption)
         words, lines = caption.split(), [""]
-        for word in words:  # wrap into at most two lines under the image
+        for word in words:  # wrap into at most three lines under the image
             if len(lines[-1]) + len(word) + 1 > size // 6 and lines[-1]:
                 lines.append("")
             lines[-1] = (lines[-1] + " " + word).strip()
-        draw.text((left, top + size + 1), "\n".join(lines[:2]), fill=(0, 0, 0))
+        draw.text((left, top + size + 1), "\n".join(lines[:3]), fill=(0, 0, 0))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sheet.save(path)
     return path

@@ -386,7 +386,7 @@ def test_cli_builds_offline_and_writes_grid(tmp_path):
     from PIL import Image
     grid = np.asarray(Image.open(out))
     assert grid.ndim == 3 and grid.shape[1] == 4 * (64 * 3 + 4)  # 4 columns, 2 rows
-    assert grid.shape[0] == 2 * (64 * 3 + 24 + 4)
+    assert grid.shape[0] == 2 * (64 * 3 + 36 + 4)
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
