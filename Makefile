@@ -1,5 +1,8 @@
 # Two commands on a fresh machine: `make run` and `make test`.
-PYTHON ?= python3.11
+# python3.11 if present, else python3 if TensorFlow 2.21 and Keras 3.15 support it (3.11-3.13).
+PYTHON ?= $(shell for p in python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' \
+	>/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -7,6 +10,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test tensorboard bench clean
 
 $(STAMP): pyproject.toml
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo "make: error: needs python3.11, or a \
+	python3 of version 3.11-3.13 (what TensorFlow 2.21 and Keras 3.15 support)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -9,6 +9,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+if not os.environ.get("KF_SKIP_QUIET_IMPORT"):
+    from experiments import startup
+
+    startup.import_tensorflow_quietly()
+
 # name -> (module, one-line description). The runtime never imports these; only the CLI does.
 EXPERIMENTS = {
     "init_gain": (

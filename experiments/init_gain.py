@@ -29,7 +29,6 @@ from layers.initializers import get_initializer
 from optimizers.schedules import WarmupCosineDecay
 from optimizers.sgd import SGD
 
-FLAGS = flags.FLAGS
 ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "leaky_relu")
 INITS = ("zeros", "naive", "xavier", "xavier_gain", "he")
 INIT_LABELS = {"zeros": "zeros", "naive": "naive U[±1/√n]", "xavier": "Xavier gain 1",
@@ -46,10 +45,6 @@ flags.DEFINE_integer("probe_size", 512, "Examples in the Part 1 probe batch.", l
 flags.DEFINE_enum("train_grid", "all", ["all", "claims", "none"],
                   "Part 2: train every (activation, init) pair, only those the claims need, "
                   "or none.")
-runtime.flags.declare_datasets(images.DATASETS)
-FLAGS.set_default("epochs", 10)
-FLAGS.set_default("learning_rate", 0.01)
-FLAGS.set_default("batch_size", 64)
 
 
 @flags.validator("activations", message=f"--activations must be among {', '.join(ACTIVATIONS)}")
@@ -158,26 +153,26 @@ def standardize(x_train, x_val):
 
 
 # ----------------------------------------------------------------------------- the run
-def part1_at_init(run, data, num_classes):
+def part1_at_init(run, data, num_classes, *, activations, inits, depth, width, probe_size,
+                  seed):
     """Signal statistics at initialisation for every (activation, init) pair."""
     (x_train, y_train), _ = data
-    x, y = x_train[:FLAGS.probe_size], y_train[:FLAGS.probe_size]
+    x, y = x_train[:probe_size], y_train[:probe_size]
     rows, curves = [], {}
-    for activation in FLAGS.activations:
-        for init in FLAGS.inits:
-            model = build_mlp(x.shape[1], num_classes, FLAGS.depth, FLAGS.width, activation,
-                              init, FLAGS.seed)
+    for activation in activations:
+        for init in inits:
+            model = build_mlp(x.shape[1], num_classes, depth, width, activation, init, seed)
             stats = signal_statistics(model, x, y, activation)
             curves[activation, init] = stats
             write_depth_summaries(run.subdir("at_init", f"{activation}_{init}"), stats)
             first, last = stats["activation_std"][0], stats["activation_std"][-1]
             rows.append({"activation": activation, "init": INIT_LABELS[init],
-                         "std layer 1": first, f"std layer {FLAGS.depth}": last,
+                         "std layer 1": first, f"std layer {depth}": last,
                          "ratio last/first": last / first if first else float("nan"),
                          "grad std layer 1": stats["gradient_std"][0],
-                         f"grad std layer {FLAGS.depth}": stats["gradient_std"][-1],
+                         f"grad std layer {depth}": stats["gradient_std"][-1],
                          "top-layer saturation": stats["saturation"][-1]})
-    run.add_table(f"Part 1: signal at initialisation (depth {FLAGS.depth}, width {FLAGS.width})",
+    run.add_table(f"Part 1: signal at initialisation (depth {depth}, width {width})",
                   rows, key="at_init")
     run.add_figure("std_vs_depth", plot_std_vs_depth(curves),
                    "Activation std (top) and gradient std (bottom) per layer at initialisation")
@@ -225,67 +220,83 @@ def plot_std_vs_depth(curves):
     return fig
 
 
-def training_configs():
-    """(activation, init, depth) triples Part 2 trains."""
-    if FLAGS.train_grid == "none":
+def training_configs(train_grid, activations, inits, depth, deep_depth):
+    """The configurations Part 2 trains: dicts of activation, init and depth."""
+    if train_grid == "none":
         return []
-    deep = [("relu", "he", FLAGS.deep_depth), ("relu", "xavier", FLAGS.deep_depth)]
-    if FLAGS.train_grid == "claims":
-        return [("sigmoid", "zeros", FLAGS.depth), ("tanh", "xavier_gain", FLAGS.depth),
-                ("tanh", "naive", FLAGS.depth), ("relu", "he", FLAGS.depth), *deep]
-    grid = [(a, i, FLAGS.depth) for a in FLAGS.activations for i in FLAGS.inits]
-    return grid + [c for c in deep if c not in grid]
+    deep = [("relu", "he", deep_depth), ("relu", "xavier", deep_depth)]
+    if train_grid == "claims":
+        grid = [("sigmoid", "zeros", depth), ("tanh", "xavier_gain", depth),
+                ("tanh", "naive", depth), ("relu", "he", depth), *deep]
+    else:
+        grid = [(a, i, depth) for a in activations for i in inits] + deep
+    # dict.fromkeys: each configuration once (deep_depth may equal depth).
+    return [{"activation": a, "init": i, "depth": d} for a, i, d in dict.fromkeys(grid)]
 
 
-def part2_training(run, data, num_classes):
-    """Trains each configuration with the same optimizer and schedule; returns results by key."""
+def part2_training(run, data, num_classes, configurations, *, width, epochs, batch_size,
+                   learning_rate):
+    """Trains each configuration (a sweep sub-run) with the same optimizer and schedule.
+
+    Returns:
+        Outcomes keyed by (activation, init, depth).
+    """
     (x_train, y_train), (x_val, y_val) = data
-    batch = FLAGS.batch_size
-    steps_per_epoch = len(x_train) // batch
+    steps_per_epoch = len(x_train) // batch_size
     probe = (x_val[:256], y_val[:256])
-    outcomes, rows = {}, []
-    for activation, init, depth in training_configs():
-        key = f"{activation}_{init}_d{depth}"
-        sub = run.subdir("train", key)
-        print(f"--- training {key}", flush=True)
-        trainer = run.trainer(
-            lambda: build_mlp(x_train.shape[1], num_classes, depth, FLAGS.width, activation,
-                              init, FLAGS.seed),
-            lambda: SGD(WarmupCosineDecay(FLAGS.learning_rate, steps_per_epoch,
-                                          FLAGS.epochs * steps_per_epoch),
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def train_point(point):
+        activation, init, depth = (point.hparams[k] for k in ("activation", "init", "depth"))
+        task = runtime.SupervisedTask(
+            lambda: build_mlp(x_train.shape[1], num_classes, depth, width, activation, init,
+                              point.seed),
+            lambda: SGD(WarmupCosineDecay(learning_rate, steps_per_epoch,
+                                          epochs * steps_per_epoch),
                         momentum=0.9, momentum_form="classic"),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-            model_dir=sub,
-            metrics_fn=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            callbacks=[LayerStatistics(f"{sub}/layer_statistics", probe[0], probe[1],
-                                       loss_fn=keras.losses.SparseCategoricalCrossentropy(
-                                           from_logits=True),
-                                       every_n_steps=steps_per_epoch)] if run.is_chief else [],
-        )
+            loss,
+            metrics_fn=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        statistics = LayerStatistics(
+            f"{point.model_dir}/layer_statistics", probe[0], probe[1],
+            loss_fn=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            every_n_steps=steps_per_epoch)
+        trainer = run.trainer(task, model_dir=point.model_dir,
+                              callbacks=[statistics] if run.is_chief else [])
         result = trainer.fit(
-            lambda epoch: runtime.epoch_batches(x_train, y_train, batch, seed=FLAGS.seed,
+            lambda epoch: runtime.epoch_batches(x_train, y_train, batch_size, seed=point.seed,
                                                 epoch=epoch),
-            FLAGS.epochs,
-            validation_data=lambda: runtime.epoch_batches(x_val, y_val, batch, shuffle=False,
-                                                          drop_remainder=False))
+            epochs,
+            validation_data=lambda: runtime.epoch_batches(x_val, y_val, batch_size,
+                                                          shuffle=False, drop_remainder=False))
         accuracy = result.final("validation").get("accuracy", float("nan"))
-        outcome = {
-            "activation": activation, "init": init, "depth": depth, "status": result.status,
-            "diverged_at_step": result.diverged_at_step,
-            "validation_accuracy": accuracy,
-            "accuracy_curve": [h.get("validation", {}).get("accuracy") for h in result.history],
-            "trained": bool(accuracy > 1.0 / num_classes + 0.2),
-            "unit_spread": unit_spread(trainer.model) if init == "zeros" else None,
-        }
-        outcomes[activation, init, depth] = outcome
-        rows.append({"activation": activation, "init": INIT_LABELS[init], "depth": depth,
-                     "status": result.status + (f" at step {result.diverged_at_step}"
-                                                if result.diverged_at_step else ""),
+        return {"status": result.status, "validation_accuracy": accuracy,
+                "diverged_at_step": result.diverged_at_step,
+                "accuracy_curve": [h.get("validation", {}).get("accuracy")
+                                   for h in result.history],
+                "unit_spread": unit_spread(trainer.model) if init == "zeros" else None}
+
+    records = run.sweep("train", configurations, train_point)
+    outcomes, rows = {}, []
+    for record in records:
+        hp, metrics = record["hparams"], record["metrics"]
+        accuracy = metrics.get("validation_accuracy")
+        accuracy = float("nan") if accuracy is None else accuracy
+        outcome = {**hp, "status": record["status"],
+                   "diverged_at_step": metrics.get("diverged_at_step"),
+                   "validation_accuracy": accuracy,
+                   "accuracy_curve": metrics.get("accuracy_curve", []),
+                   "trained": bool(accuracy > 1.0 / num_classes + 0.2),
+                   "unit_spread": metrics.get("unit_spread")}
+        outcomes[hp["activation"], hp["init"], hp["depth"]] = outcome
+        rows.append({"activation": hp["activation"], "init": INIT_LABELS[hp["init"]],
+                     "depth": hp["depth"],
+                     "status": record["status"] + (f" at step {outcome['diverged_at_step']}"
+                                                   if outcome["diverged_at_step"] else ""),
                      "validation accuracy": accuracy,
                      "trained (> chance + 0.2)": "yes" if outcome["trained"] else "no"})
     if rows:
-        run.add_table(f"Part 2: training ({FLAGS.epochs} epochs, SGD momentum 0.9, "
-                      f"warmup + cosine, peak lr {FLAGS.learning_rate})", rows)
+        run.add_table(f"Part 2: training ({epochs} epochs, SGD momentum 0.9, "
+                      f"warmup + cosine, peak lr {learning_rate})", rows)
         run.data["training"] = list(outcomes.values())
         run.add_figure("accuracy_curves", plot_accuracy(outcomes),
                        "Validation accuracy per epoch for each trained configuration")
@@ -300,7 +311,7 @@ def plot_accuracy(outcomes):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for (activation, init, depth), outcome in outcomes.items():
-        curve = outcome["accuracy_curve"]
+        curve = [np.nan if a is None else a for a in outcome["accuracy_curve"]]
         ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3,
                 label=f"{activation} / {INIT_LABELS[init]} / {depth} layers")
     ax.set_xlabel("epoch")
@@ -310,9 +321,8 @@ def plot_accuracy(outcomes):
     return fig
 
 
-def record_claims(run, curves, outcomes):
+def record_claims(run, curves, outcomes, depth, deep_depth):
     """The notes' claims, each with its measured number and pass rule."""
-    depth = FLAGS.depth
 
     def ratio(activation, init):
         stats = curves.get((activation, init))
@@ -338,25 +348,32 @@ def record_claims(run, curves, outcomes):
     run.claim("zero init never breaks symmetry: all units of a hidden layer identical after "
               "training", max(o["unit_spread"] for o in zeros) if zeros else None, "< 1e-5",
               "max unit difference / max |weight|")
-    he = outcomes.get(("relu", "he", FLAGS.deep_depth))
-    xavier = outcomes.get(("relu", "xavier", FLAGS.deep_depth))
-    run.claim(f"{FLAGS.deep_depth}-layer ReLU net trains with He init (He et al. 2015)",
+    he = outcomes.get(("relu", "he", deep_depth))
+    xavier = outcomes.get(("relu", "xavier", deep_depth))
+    run.claim(f"{deep_depth}-layer ReLU net trains with He init (He et al. 2015)",
               he["validation_accuracy"] if he else None, "> 0.5", "validation accuracy")
-    run.claim(f"{FLAGS.deep_depth}-layer ReLU net: Xavier gain 1 trains much slower or not at all",
+    run.claim(f"{deep_depth}-layer ReLU net: Xavier gain 1 trains much slower or not at all",
               he["validation_accuracy"] - xavier["validation_accuracy"] if he and xavier
               else None, "> 0.2", "accuracy(He) - accuracy(Xavier), same epochs")
 
 
 def experiment(run):
-    data = images.load_image_classification(FLAGS.dataset, data_dir=FLAGS.data_dir,
-                                            seed=FLAGS.seed)
+    config = run.config
+    data = images.load_image_classification(config.dataset, data_dir=config.data_dir,
+                                            seed=config.seed)
     (x_train, y_train), (x_val, y_val) = data
     x_train, x_val = standardize(x_train, x_val)
     data = (x_train, y_train), (x_val, y_val)
-    num_classes = images.num_classes(FLAGS.dataset)
-    curves = part1_at_init(run, data, num_classes)
-    outcomes = part2_training(run, data, num_classes)
-    record_claims(run, curves, outcomes)
+    num_classes = images.num_classes(config.dataset)
+    curves = part1_at_init(run, data, num_classes, activations=config.activations,
+                           inits=config.inits, depth=config.depth, width=config.width,
+                           probe_size=config.probe_size, seed=config.seed)
+    configurations = training_configs(config.train_grid, config.activations, config.inits,
+                                      config.depth, config.deep_depth)
+    outcomes = part2_training(run, data, num_classes, configurations, width=config.width,
+                              epochs=config.epochs, batch_size=config.batch_size,
+                              learning_rate=config.learning_rate)
+    record_claims(run, curves, outcomes, config.depth, config.deep_depth)
     if any(o["status"] == "diverged" for o in outcomes.values()):
         run.add_text("Diverged runs", "Runs marked diverged stopped at a non-finite loss; "
                      "the sweep carried on.")
@@ -364,7 +381,11 @@ def experiment(run):
         f"accuracy/{k[0]}_{k[1]}_d{k[2]}": o["validation_accuracy"] for k, o in outcomes.items()})
 
 
+EXPERIMENT = runtime.Experiment(
+    "init_gain", experiment,
+    defaults={"epochs": 10, "learning_rate": 0.01, "batch_size": 64},
+    quick={"epochs": 6, "batch_size": 32, "train_grid": "claims", "probe_size": 256},
+    datasets=images.DATASETS)
+
 if __name__ == "__main__":
-    runtime.launch("init_gain", experiment,
-                   quick={"epochs": 6, "batch_size": 32, "train_grid": "claims",
-                          "probe_size": 256})
+    EXPERIMENT.launch()

@@ -10,16 +10,10 @@ Expected:  validation accuracy ~0.95; the claim "> 0.9" confirmed.
 """
 
 import keras
-from absl import flags
 
 from experiments import runtime
 from experiments.data import digits
 
-FLAGS = flags.FLAGS
-runtime.flags.declare_datasets(["digits"])
-FLAGS.set_default("epochs", 20)
-FLAGS.set_default("batch_size", 64)
-FLAGS.set_default("learning_rate", 0.5)
 
 
 def build_model(num_features=64, num_classes=10):
@@ -32,17 +26,19 @@ def build_model(num_features=64, num_classes=10):
 
 def train(run):
     """Trains softmax regression with SGD and records the accuracy claim."""
+    config = run.config
     (x_train, y_train), (x_val, y_val) = digits.load_digits(seed=0)
-    batch = FLAGS.batch_size
-    trainer = run.trainer(
+    batch = config.batch_size
+    trainer = run.trainer(runtime.SupervisedTask(
         build_model,
-        lambda: keras.optimizers.SGD(FLAGS.learning_rate),
+        lambda: keras.optimizers.SGD(config.learning_rate),
         keras.losses.SparseCategoricalCrossentropy(reduction=None),
         metrics_fn=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    ))
     result = trainer.fit(
-        lambda epoch: runtime.epoch_batches(x_train, y_train, batch, seed=FLAGS.seed, epoch=epoch),
-        FLAGS.epochs,
+        lambda epoch: runtime.epoch_batches(x_train, y_train, batch, seed=config.seed,
+                                            epoch=epoch),
+        config.epochs,
         validation_data=lambda: runtime.epoch_batches(
             x_val, y_val, batch, shuffle=False, drop_remainder=False),
     )
@@ -63,5 +59,9 @@ def train(run):
               final.get("accuracy"), "> 0.9", "validation accuracy")
 
 
+EXPERIMENT = runtime.Experiment(
+    "softmax_regression", train, defaults={"epochs": 20, "batch_size": 64, "learning_rate": 0.5},
+    quick={"epochs": 8}, datasets=["digits"])
+
 if __name__ == "__main__":
-    runtime.launch("softmax_regression", train, quick={"epochs": 8})
+    EXPERIMENT.launch()

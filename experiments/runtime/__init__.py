@@ -1,4 +1,4 @@
-"""The shared experiment runtime: flags, strategies, the training loop, results and claims.
+"""The shared experiment runtime: flags, strategies, the training loop, sweeps, results, claims.
 
 It knows no topic: experiments import it, never the other way round.
 """
@@ -8,9 +8,11 @@ from experiments.runtime.claims import Claim
 from experiments.runtime.errors import ConfigError
 from experiments.runtime.inputs import distribute, epoch_batches
 from experiments.runtime.loop import Trainer, TrainResult, weights_digest
-from experiments.runtime.run import Run, launch
+from experiments.runtime.run import Config, Experiment, Run
+from experiments.runtime.sweep import SweepPoint
+from experiments.runtime.task import SupervisedTask, Task
 
 __all__ = [
-    "Claim", "ConfigError", "Run", "TrainResult", "Trainer", "distribute", "epoch_batches",
-    "flags", "launch", "weights_digest",
+    "Claim", "Config", "ConfigError", "Experiment", "Run", "SupervisedTask", "SweepPoint",
+    "Task", "TrainResult", "Trainer", "distribute", "epoch_batches", "flags", "weights_digest",
 ]

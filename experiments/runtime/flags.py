@@ -6,7 +6,7 @@ set the flag explicitly.
 """
 
 import math
-import os
+import sys
 
 from absl import flags
 
@@ -68,8 +68,18 @@ flags.DEFINE_integer(
     "log_every_steps", 50, "Write training scalars every this many steps.", lower_bound=1
 )
 
+flags.DEFINE_integer(
+    "steps_per_execution", 1,
+    "Training steps run inside one tf.function call (fewer Python round trips for tiny "
+    "steps; the numbers are identical).", lower_bound=1)
+flags.DEFINE_integer(
+    "checkpoint_every_steps", None,
+    "Also checkpoint every this many global steps, mid-epoch; a killed run resumes on the "
+    "next batch. Default: at epoch ends only.", lower_bound=1)
+
 # Flags whose value does not change a run's numbers: a resumed run may differ in these.
-NON_RESULT_FLAGS = frozenset({"model_dir", "worker_timeout", "log_every_steps"})
+NON_RESULT_FLAGS = frozenset({"model_dir", "worker_timeout", "log_every_steps",
+                              "steps_per_execution", "checkpoint_every_steps"})
 
 
 @flags.validator("learning_rate", message="--learning_rate must be a finite number > 0")
@@ -102,15 +112,14 @@ def _check_cpu_replicas(values):
     return values["cpu_replicas"] == 1 or values["strategy"] in ("mirrored", "auto")
 
 
-def declare_datasets(choices, default=None):
-    """Declares the `--dataset` choices of the experiment being defined.
+def declare_datasets(choices):
+    """Declares the `--dataset` choices of the experiment being launched.
 
     Args:
         choices: Dataset names; the first is the embedded, offline default.
-        default: The default choice (defaults to `choices[0]`).
     """
     choices = tuple(choices)
-    FLAGS.set_default("dataset", default or choices[0])
+    FLAGS.set_default("dataset", choices[0])
     FLAGS["dataset"].help = (
         f"Dataset: one of {', '.join(choices)}. {choices[0]} is embedded (no network)."
     )
@@ -129,15 +138,35 @@ def apply_quick_preset(**values):
             FLAGS[name].value = value
 
 
-def resolved_flags():
-    """The experiment's flags (runtime + topic) as a JSON-ready dict, sorted by name."""
-    skip = ("absl.", "tensorflow", "tensorboard", "keras")
-    values = {}
-    for module, module_flags in FLAGS.flags_by_module_dict().items():
-        if os.path.basename(str(module)).startswith(skip) or str(module).startswith(skip):
-            continue
-        for flag in module_flags:
-            values[flag.name] = flag.value
-    for name in ("help", "helpfull", "helpshort", "helpxml", "flagfile", "undefok"):
-        values.pop(name, None)
+def experiment_flags(module):
+    """The runtime's flags and those the experiment module `module` defines.
+
+    Other topics imported into the same process (tests run several in-process) are left out.
+    """
+    names = {module.__name__, getattr(module, "__file__", None)}
+    if module.__name__ == "__main__":
+        names.add(sys.argv[0])  # absl files a __main__ module's flags under sys.argv[0]
+    found = []
+    for key, module_flags in FLAGS.flags_by_module_dict().items():
+        if key == __name__ or key in names:
+            found.extend(module_flags)
+    return found
+
+
+def resolved_flags(module, parsed=True, overrides=None):
+    """The experiment's flags (runtime + topic) as a JSON-ready dict, sorted by name.
+
+    Args:
+        module: The experiment's module.
+        parsed: Read parsed values (command line) rather than defaults (in-process runs).
+        overrides: Values that replace the flags' (in-process runs); unknown names raise.
+
+    Returns:
+        A dict `flag name -> value`.
+    """
+    values = {f.name: (f.value if parsed else f.default) for f in experiment_flags(module)}
+    unknown = set(overrides or {}) - set(values)
+    if unknown:
+        raise KeyError(f"not flags of this experiment: {', '.join(sorted(unknown))}")
+    values.update(overrides or {})
     return dict(sorted(values.items()))

@@ -77,6 +77,9 @@ def distribute(strategy, make_dataset, global_batch_size):
         first = ctx.input_pipeline_id * local
 
         def split(*batch):
+            # tf.data unpacks tuple elements into arguments; any other structure is one.
+            batch = batch[0] if len(batch) == 1 else batch
+
             def piece(r):
                 start = (first + r) * per_replica
                 return tf.nest.map_structure(lambda t: t[start:start + per_replica], batch)

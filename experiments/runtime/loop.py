@@ -2,11 +2,16 @@
 
 Keras 3.15 `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
 the suite drives `strategy.run` itself and keeps Keras callbacks working through a
-`CallbackList`. Per step and replica: per-example losses summed and divided by the *global*
-batch size (`tf.nn.compute_average_loss`), regularisation losses divided by the replica count,
-gradients summed across replicas by the optimizer. Metrics see the gathered predictions of all
-replicas, so they equal a one-device run's. Checkpoints at each epoch end make a rerun resume;
-a non-finite loss stops the run and records the step.
+`CallbackList`. What a topic trains is a `Task` (experiments/runtime/task.py): batches of any
+structure and a loss `(loss_sum, weight)` per replica. Per step and replica the optimised
+loss is `loss_sum / all_reduce(weight) + sum(model.losses) / replicas`, so the optimizer's
+cross-replica gradient sum is the gradient of the global-batch mean, exactly. Metrics are
+updated per replica into sum-on-read variables: no predictions are gathered.
+
+`steps_per_execution` runs several steps inside one `tf.function` (a `tf.while_loop` over the
+iterator); checkpoints are written at epoch ends and every `checkpoint_every_steps`, with the
+position in the epoch, so a killed run resumes on the very next batch; a non-finite loss
+stops the run and records the step.
 """
 
 import dataclasses
@@ -24,8 +29,11 @@ import tensorflow as tf
 from experiments.runtime import files
 from experiments.runtime import inputs
 from experiments.runtime import summaries
+from experiments.runtime.errors import ConfigError
+from optimizers.clipping import clip_by_global_norm_across_replicas
 
 HISTORY_FILE = "history.json"
+_SUM = tf.distribute.ReduceOp.SUM
 
 
 @dataclasses.dataclass
@@ -39,8 +47,9 @@ class TrainResult:
         diverged_at_step: The step whose loss was NaN/Inf, or None.
         history: One dict per completed epoch: {"epoch", "train": {...}, "validation": {...}}.
         seconds: Wall time of this attempt's training.
-        examples_per_second: Training throughput of this attempt.
-        resumed_from_epoch: Epochs restored from a checkpoint at start.
+        examples_per_second: Training throughput of this attempt (global batches x size).
+        resumed_from_epoch: Whole epochs restored from a checkpoint at start.
+        resumed_from_step: Global step restored from a checkpoint at start.
     """
 
     status: str
@@ -51,6 +60,7 @@ class TrainResult:
     seconds: float
     examples_per_second: float
     resumed_from_epoch: int
+    resumed_from_step: int = 0
 
     def final(self, split="validation"):
         """The last epoch's metrics for `split` ("train" or "validation")."""
@@ -65,56 +75,102 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
+def _scale(gradient, factor):
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values * tf.cast(factor, gradient.values.dtype),
+                                gradient.indices, gradient.dense_shape)
+    return gradient * tf.cast(factor, gradient.dtype)
+
+
+def _add(a, b):
+    if a is None or b is None:
+        return b if a is None else a
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+class _EpochTotals:
+    """Running sums of one epoch (kept in variables so a mid-epoch checkpoint holds them)."""
+
+    def __init__(self):
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.weight = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.regularization = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def reset(self):
+        for v in (self.loss_sum, self.weight, self.regularization, self.steps):
+            v.assign(tf.zeros_like(v))
+
+    def add(self, loss_sum, weight, regularization, steps):
+        self.loss_sum.assign_add(float(loss_sum))
+        self.weight.assign_add(float(weight))
+        self.regularization.assign_add(float(regularization))
+        self.steps.assign_add(int(steps))
+
+    def logs(self):
+        steps = max(int(self.steps.numpy()), 1)
+        return {"loss": float(self.loss_sum.numpy() / max(self.weight.numpy(), 1e-12)),
+                "regularization_loss": float(self.regularization.numpy() / steps)}
+
+
 class Trainer:
-    """Trains a Keras model with `strategy.run`, writing summaries and checkpoints.
+    """Trains a `Task` with `strategy.run`, writing summaries and checkpoints.
 
     Args:
         strategy: The `tf.distribute.Strategy` to run under.
-        model_fn: Zero-argument callable returning a built Keras model (called in scope).
-        optimizer_fn: Zero-argument callable returning a Keras optimizer (called in scope).
-        loss_fn: `(y_true, y_pred) -> per-example losses` of shape (batch,), e.g. a Keras
-            loss with `reduction=None`.
+        task: A `Task` (model, optimizer, metrics and the loss over a batch).
         global_batch_size: The global batch size of the training data.
         model_dir: Where train/ and validation/ events and checkpoints/ go; None for none.
-        metrics_fn: Zero-argument callable returning Keras metrics `(y_true, y_pred)`.
         callbacks: Keras callbacks, driven through a `CallbackList`.
         clip_norm: Global-norm gradient clipping, computed on the cross-replica sum.
         jit_compile: XLA-compile the forward/backward pass of each replica.
+        steps_per_execution: Training steps run inside one `tf.function` call.
+        checkpoint_every_steps: Also checkpoint every this many global steps (mid-epoch).
         log_every_steps: Scalars and progress are written every this many steps.
         verbose: 0 silent, 1 a progress bar on a terminal or one line per epoch otherwise.
         is_chief: Whether this worker writes summaries (non-chief workers stay quiet).
         max_checkpoints: Checkpoints kept in `model_dir/checkpoints`.
     """
 
-    def __init__(self, strategy, model_fn, optimizer_fn, loss_fn, global_batch_size,
-                 model_dir=None, metrics_fn=None, callbacks=(), clip_norm=None,
-                 jit_compile=False, log_every_steps=50, verbose=1, is_chief=True,
+    def __init__(self, strategy, task, global_batch_size, *, model_dir=None, callbacks=(),
+                 clip_norm=None, jit_compile=False, steps_per_execution=1,
+                 checkpoint_every_steps=None, log_every_steps=50, verbose=1, is_chief=True,
                  max_checkpoints=2):
         self.strategy = strategy
-        self.loss_fn = loss_fn
+        self.task = task
         self.global_batch_size = global_batch_size
         self.model_dir = model_dir
         self.clip_norm = clip_norm
+        self.steps_per_execution = int(steps_per_execution)
+        self.checkpoint_every_steps = checkpoint_every_steps
         self.log_every_steps = log_every_steps
         self.verbose = verbose
         self.is_chief = is_chief
         inputs.check_batch_size(global_batch_size, strategy.num_replicas_in_sync)
+        if self.steps_per_execution < 1:
+            raise ConfigError("--steps_per_execution must be >= 1")
 
         with strategy.scope():
-            self.model = model_fn()
-            self.optimizer = optimizer_fn()
+            self.model = task.build_model()
+            self.optimizer = task.build_optimizer()
             self.optimizer.build(self.model.trainable_variables)
             # compile() only attaches the optimizer, so callbacks find `model.optimizer`.
             self.model.compile(optimizer=self.optimizer, jit_compile=False)
-        # Metrics live outside the scope: they are updated in cross-replica context from
-        # gathered predictions, once per global batch.
-        self.metrics = list(metrics_fn()) if metrics_fn else []
+            # Created in scope: sum-on-read variables, updated per replica.
+            self.metrics = list(task.build_metrics())
         self.callbacks = keras.callbacks.CallbackList(
             list(callbacks), add_history=False, add_progbar=False, model=self.model
         )
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self._totals = _EpochTotals()
         self._checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, epoch=self.epoch
+            model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch, totals=self._totals.__dict__,
+            metrics=[v for m in self.metrics for v in m.variables],
+            seed_generators=_seed_generator_states(self.model),
         )
         self._manager = None
         self._writers = None
@@ -126,117 +182,148 @@ class Trainer:
             if is_chief:
                 self._writers = summaries.Writers(model_dir)
 
-        self._grads = tf.function(self._loss_and_grads, jit_compile=True) if jit_compile \
-            else self._loss_and_grads
-        self._train_step = tf.function(self._distributed_train_step)
-        self._eval_step = tf.function(self._distributed_eval_step)
+        self._forward_backward = (tf.function(self._loss_and_grads, jit_compile=True)
+                                  if jit_compile else self._loss_and_grads)
+        self._train_execution = tf.function(self._distributed_train_steps)
+        self._eval_execution = tf.function(self._distributed_eval_steps)
 
     # ----------------------------------------------------------------- replica functions
-    def _loss_and_grads(self, x, y):
-        with tf.GradientTape() as tape:
-            pred = self.model(x, training=True)
-            per_example = tf.cast(self.loss_fn(y, pred), tf.float32)
-            loss = tf.nn.compute_average_loss(
-                per_example, global_batch_size=self.global_batch_size
-            )
-            if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses])
-                )
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        return loss, grads, pred
+    def _task_loss(self, batch, training):
+        out = self.task.compute_loss(self.model, batch, training)
+        if len(out) == 2:
+            out = (*out, None)
+        loss_sum, weight, outputs = out
+        return tf.cast(loss_sum, tf.float32), tf.cast(weight, tf.float32), outputs
 
-    def _replica_train_step(self, x, y):
-        loss, grads, pred = self._grads(x, y)
-        if self.clip_norm:
-            grads = self._clip_global_norm(grads)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        # The metrics' gathers are collectives too: launch them only after this replica's
-        # all-reduces, so every replica issues its collectives in the same order.
-        with tf.control_dependencies([self.optimizer.iterations]):
-            return tf.identity(loss), tf.identity(pred), tf.identity(y)
+    def _regularization(self):
+        losses = self.model.losses
+        if not losses:
+            return tf.constant(0.0)
+        return tf.add_n([tf.cast(l, tf.float32) for l in losses])
 
-    def _clip_global_norm(self, grads):
-        # Keras' optimizer clips each replica's gradient before its all-reduce; the norm that
-        # matters is that of the summed gradient, so scale every replica's share by one factor.
+    def _loss_and_grads(self, batch):
+        variables = self.model.trainable_variables
+        with tf.GradientTape(persistent=bool(self.model.losses)) as tape:
+            loss_sum, weight, outputs = self._task_loss(batch, training=True)
+            regularization = self._regularization()
+        data_grads = tape.gradient(loss_sum, variables)
+        reg_grads = (tape.gradient(regularization, variables) if self.model.losses
+                     else [None] * len(variables))
+        return loss_sum, weight, regularization, outputs, data_grads, reg_grads
+
+    def _replica_train_step(self, batch):
         ctx = tf.distribute.get_replica_context()
-        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        norm = tf.linalg.global_norm(total)
-        scale = tf.minimum(1.0, self.clip_norm / tf.maximum(norm, 1e-12))
-        return [g * tf.cast(scale, g.dtype) for g in grads]
+        loss_sum, weight, regularization, outputs, data_grads, reg_grads = (
+            self._forward_backward(batch))
+        # d/dθ [loss_sum / W + reg / N], W the global weight and N the replicas: the
+        # optimizer's cross-replica sum then is the gradient of the global-batch objective.
+        global_weight = ctx.all_reduce(_SUM, weight)
+        inverse_weight = 1.0 / tf.maximum(global_weight, 1e-12)
+        inverse_replicas = 1.0 / ctx.num_replicas_in_sync
+        grads = [_add(_scale(g, inverse_weight), _scale(r, inverse_replicas))
+                 for g, r in zip(data_grads, reg_grads)]
+        if self.clip_norm:
+            grads = clip_by_global_norm_across_replicas(grads, self.clip_norm)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.task.update_metrics(self.metrics, batch, outputs)
+        return loss_sum, weight, regularization
 
-    def _replica_eval_step(self, x, y):
-        pred = self.model(x, training=False)
-        per_example = tf.cast(self.loss_fn(y, pred), tf.float32)
-        return tf.reduce_sum(per_example), tf.cast(tf.shape(per_example)[0], tf.float32), pred, y
+    def _replica_eval_step(self, batch):
+        loss_sum, weight, outputs = self._task_loss(batch, training=False)
+        regularization = self._regularization()
+        self.task.update_metrics(self.metrics, batch, outputs)
+        return loss_sum, weight, regularization
 
     # --------------------------------------------------------------- global functions
-    def _update_metrics(self, pred, y):
-        pred = self.strategy.gather(pred, axis=0)
-        y = self.strategy.gather(y, axis=0)
-        for metric in self.metrics:
-            metric.update_state(y, pred)
+    def _run_steps(self, replica_fn, iterator, max_steps, stop_on_nonfinite):
+        """Runs up to `max_steps` steps (fewer if the iterator ends). Returns the sums."""
+        loss_total = tf.constant(0.0, tf.float64)
+        weight_total = tf.constant(0.0, tf.float64)
+        reg_total = tf.constant(0.0, tf.float64)
+        last_loss = tf.constant(0.0, tf.float32)
+        steps = tf.constant(0, tf.int64)
+        finite = tf.constant(True)
+        for _ in tf.range(max_steps):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            per_replica = self.strategy.run(replica_fn, args=(batch.get_value(),))
+            loss_sum, weight, regularization = (
+                self.strategy.reduce(_SUM, v, axis=None) for v in per_replica)
+            regularization = regularization / self.strategy.num_replicas_in_sync
+            last_loss = loss_sum / tf.maximum(weight, 1e-12) + regularization
+            loss_total += tf.cast(loss_sum, tf.float64)
+            weight_total += tf.cast(weight, tf.float64)
+            reg_total += tf.cast(regularization, tf.float64)
+            steps += 1
+            if stop_on_nonfinite and not tf.math.is_finite(last_loss):
+                finite = tf.constant(False)
+                break
+        return loss_total, weight_total, reg_total, steps, last_loss, finite
 
-    def _distributed_train_step(self, iterator):
-        x, y = next(iterator)
-        loss, pred, y = self.strategy.run(self._replica_train_step, args=(x, y))
-        self._update_metrics(pred, y)
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+    def _distributed_train_steps(self, iterator, max_steps):
+        return self._run_steps(self._replica_train_step, iterator, max_steps, True)
 
-    def _distributed_eval_step(self, iterator):
-        x, y = next(iterator)
-        loss_sum, count, pred, y = self.strategy.run(self._replica_eval_step, args=(x, y))
-        self._update_metrics(pred, y)
-        reduce = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
-        return reduce(loss_sum), reduce(count)
+    def _distributed_eval_steps(self, iterator, max_steps):
+        return self._run_steps(self._replica_eval_step, iterator, max_steps, False)
 
     # ------------------------------------------------------------------------ public
     def restore(self):
-        """Restores the latest checkpoint, if any. Returns the epochs it had completed."""
+        """Restores the latest checkpoint, if any. Returns (whole epochs, global step)."""
         if self._manager is None or self._manager.latest_checkpoint is None:
-            return 0
+            return 0, 0
         self._checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
-        return int(self.epoch.numpy())
+        return int(self.epoch.numpy()), int(self.optimizer.iterations.numpy())
 
-    def evaluate(self, make_dataset):
+    def evaluate(self, make_dataset, steps=None):
         """Loss and metrics over a dataset of global batches (a partial last batch is fine).
 
         Args:
-            make_dataset: Zero-argument callable returning a dataset of global batches.
+            make_dataset: Zero-argument callable returning a dataset of global batches (its
+                size may be unknown: it is read to the end).
+            steps: Optional cap on the number of global batches.
 
         Returns:
-            Dict with "loss" and each metric's result, as Python floats.
+            Dict with "loss" (the weighted mean over the data), "regularization_loss" and each
+            metric's result, as Python floats.
+
+        Raises:
+            ConfigError: If the dataset holds no example.
         """
         for metric in self.metrics:
             metric.reset_state()
-        loss_sum, count = 0.0, 0.0
-        dataset = make_dataset()
-        steps = int(dataset.cardinality())
-        iterator = iter(inputs.distribute(self.strategy, lambda: dataset, self.global_batch_size))
-        for _ in range(steps):
-            batch_loss, batch_count = self._eval_step(iterator)
-            loss_sum += float(batch_loss)
-            count += float(batch_count)
-        results = {"loss": loss_sum / max(count, 1.0)}
-        results.update({m.name: float(m.result()) for m in self.metrics})
+        iterator = iter(inputs.distribute(self.strategy, make_dataset, self.global_batch_size))
+        cap = steps if steps is not None else np.iinfo(np.int64).max
+        loss_sum, weight, reg_sum, done, _, _ = self._eval_execution(
+            iterator, tf.constant(cap, tf.int64))
+        if float(weight) <= 0:
+            raise ConfigError("the evaluation split is empty (no example to evaluate)")
+        results = {"loss": float(loss_sum / weight),
+                   "regularization_loss": float(reg_sum) / max(int(done), 1)}
+        results.update(self._metric_values())
         return results
 
-    def fit(self, train_data, epochs, validation_data=None):
+    def fit(self, train_data, epochs, validation_data=None, steps_per_epoch=None):
         """Trains to `epochs`, resuming from the latest checkpoint in `model_dir`.
 
         Args:
-            train_data: `epoch -> dataset of global batches` (the order may depend on epoch).
-            epochs: Total epochs (a resumed run trains only the missing ones).
+            train_data: `epoch -> dataset of global batches`; the batches must depend only on
+                (seed, epoch), so a resumed run can skip exactly those it trained.
+            epochs: Total epochs (a resumed run trains only the missing steps).
             validation_data: Zero-argument callable returning a dataset of global batches.
+            steps_per_epoch: Global batches per epoch; default: the dataset's cardinality,
+                or (unknown cardinality) until the dataset ends.
 
         Returns:
             A `TrainResult`.
+
+        Raises:
+            ConfigError: If the training data gives no full global batch.
         """
-        start_epoch = self.restore()
+        start_epoch, start_step = self.restore()
         history = self._load_history(start_epoch)
-        steps_per_epoch = int(train_data(0).cardinality())
-        if steps_per_epoch <= 0:
-            raise ValueError("the training set is smaller than one global batch")
+        if start_epoch < epochs and steps_per_epoch is None:
+            steps_per_epoch = _known_steps(train_data(start_epoch))
         self.model.stop_training = False
         self.callbacks.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": 0})
         status, diverged_at = "completed", None
@@ -244,44 +331,24 @@ class Trainer:
 
         self.callbacks.on_train_begin()
         for epoch in range(start_epoch, epochs):
+            skip = int(self.step_in_epoch.numpy())
+            if skip == 0:
+                self._totals.reset()
+                for metric in self.metrics:
+                    metric.reset_state()
             self.callbacks.on_epoch_begin(epoch)
-            for metric in self.metrics:
-                metric.reset_state()
-            iterator = iter(inputs.distribute(
-                self.strategy, lambda e=epoch: train_data(e), self.global_batch_size))
-            progbar = self._progbar(steps_per_epoch)
-            epoch_start, loss_total, window_start = time.perf_counter(), 0.0, time.perf_counter()
-            for step in range(steps_per_epoch):
-                self.callbacks.on_train_batch_begin(step)
-                loss = float(self._train_step(iterator))
-                global_step = int(self.optimizer.iterations.numpy())
-                if not math.isfinite(loss):
-                    status, diverged_at = "diverged", global_step
-                    self._say(f"diverged: loss is {loss} at step {global_step}; stopping")
-                    break
-                loss_total += loss
-                logs = {"loss": loss}
-                self.callbacks.on_train_batch_end(step, logs)
-                if progbar is not None:
-                    progbar.update(step + 1, [("loss", loss)])
-                if self._writers and global_step % self.log_every_steps == 0:
-                    now = time.perf_counter()
-                    rate = self.log_every_steps / max(now - window_start, 1e-9)
-                    window_start = now
-                    self._writers.train_scalars(global_step, {
-                        "loss": loss, **self._metric_values(),
-                        "learning_rate": self._learning_rate(),
-                        "steps_per_second": rate,
-                        "examples_per_second": rate * self.global_batch_size,
-                    })
-                if self.model.stop_training:
-                    break
-            if status == "diverged":
+            epoch_start = time.perf_counter()
+            step, epoch_status = self._train_epoch(epoch, train_data, skip, steps_per_epoch)
+            trained_examples += (step - skip) * self.global_batch_size
+            if epoch_status == "diverged":
+                status, diverged_at = "diverged", int(self.optimizer.iterations.numpy())
+                self._say(f"diverged: loss is not finite at step {diverged_at}; stopping")
                 break
-            done_steps = step + 1
-            trained_examples += done_steps * self.global_batch_size
+            if step == 0:
+                raise ConfigError("the training split gives no full global batch of "
+                                  f"{self.global_batch_size} examples")
             epoch_seconds = time.perf_counter() - epoch_start
-            train_logs = {"loss": loss_total / done_steps, **self._metric_values()}
+            train_logs = {**self._totals.logs(), **self._metric_values()}
             record = {"epoch": epoch + 1, "train": train_logs}
             logs = dict(train_logs)
             if validation_data is not None:
@@ -293,8 +360,9 @@ class Trainer:
                                         self._learning_rate())
             history.append(record)
             self.epoch.assign(epoch + 1)
+            self.step_in_epoch.assign(0)
             self._save(history)
-            self._say(self._epoch_line(epoch + 1, epochs, logs, epoch_seconds, done_steps))
+            self._say(self._epoch_line(epoch + 1, epochs, logs, epoch_seconds, step - skip))
             self.callbacks.on_epoch_end(epoch, logs)
             if self.model.stop_training:
                 status = "stopped"
@@ -312,9 +380,68 @@ class Trainer:
             seconds=seconds,
             examples_per_second=trained_examples / seconds if seconds > 0 else 0.0,
             resumed_from_epoch=start_epoch,
+            resumed_from_step=start_step,
         )
 
     # ----------------------------------------------------------------------- helpers
+    def _train_epoch(self, epoch, train_data, skip, steps_per_epoch):
+        """Trains one epoch from batch `skip`. Returns (steps done in the epoch, status)."""
+        iterator = iter(inputs.distribute(
+            self.strategy, lambda: train_data(epoch).skip(skip), self.global_batch_size))
+        progbar = self._progbar(steps_per_epoch)
+        step, window_start = skip, time.perf_counter()
+        while steps_per_epoch is None or step < steps_per_epoch:
+            count = self._execution_length(step, steps_per_epoch)
+            self.callbacks.on_train_batch_begin(step)
+            loss_sum, weight, reg_sum, done, last_loss, finite = self._train_execution(
+                iterator, tf.constant(count, tf.int64))
+            done = int(done)
+            if not bool(finite):
+                return step + done, "diverged"
+            if done == 0:
+                break  # the dataset ended (unknown cardinality)
+            self._totals.add(loss_sum, weight, reg_sum, done)
+            previous_global = int(self.optimizer.iterations.numpy()) - done
+            step += done
+            global_step = previous_global + done
+            loss = float(last_loss)
+            self.callbacks.on_train_batch_end(step - 1, {"loss": loss})
+            if progbar is not None:
+                progbar.update(step, [("loss", loss)])
+            if _crossed(previous_global, global_step, self.log_every_steps):
+                # Every worker reads the metrics: under multi_worker a sum-on-read metric is
+                # a collective, which all workers must issue in the same order.
+                metric_values = self._metric_values()
+                now = time.perf_counter()
+                rate = (global_step - previous_global) / max(now - window_start, 1e-9)
+                window_start = now
+            if self._writers and _crossed(previous_global, global_step, self.log_every_steps):
+                self._writers.train_scalars(global_step, {
+                    "loss": loss, **metric_values,
+                    "learning_rate": self._learning_rate(),
+                    "steps_per_second": rate,
+                    "examples_per_second": rate * self.global_batch_size,
+                })
+            if (self.checkpoint_every_steps and self._manager is not None
+                    and _crossed(previous_global, global_step, self.checkpoint_every_steps)
+                    and (steps_per_epoch is None or step < steps_per_epoch)):
+                self.step_in_epoch.assign(step)
+                self._manager.save(checkpoint_number=global_step)
+            if done < count or self.model.stop_training:
+                break
+        return step, "ok"
+
+    def _execution_length(self, step, steps_per_epoch):
+        """Steps in the next execution: never past the epoch end or a checkpoint boundary."""
+        count = self.steps_per_execution
+        if steps_per_epoch is not None:
+            count = min(count, steps_per_epoch - step)
+        if self.checkpoint_every_steps:
+            global_step = int(self.optimizer.iterations.numpy())
+            count = min(count, self.checkpoint_every_steps
+                        - global_step % self.checkpoint_every_steps)
+        return max(count, 1)
+
     def _metric_values(self):
         return {m.name: float(m.result()) for m in self.metrics}
 
@@ -338,7 +465,7 @@ class Trainer:
         # next restore trims to the checkpoint's epoch.
         if self.is_chief:
             files.write_json(os.path.join(self.model_dir, HISTORY_FILE), history)
-        self._manager.save(checkpoint_number=int(self.epoch.numpy()))
+        self._manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
 
     def _progbar(self, steps):
         if self.verbose and self.is_chief and sys.stdout.isatty():
@@ -347,10 +474,36 @@ class Trainer:
 
     def _epoch_line(self, epoch, epochs, logs, seconds, steps):
         parts = [f"epoch {epoch}/{epochs}"]
-        parts += [f"{k} {v:.4f}" for k, v in logs.items()]
+        parts += [f"{k} {v:.4f}" for k, v in logs.items()
+                  if not (k.endswith("regularization_loss") and v == 0)]
         parts.append(f"{seconds:.1f}s ({steps * self.global_batch_size / max(seconds, 1e-9):.0f} ex/s)")
         return " - ".join(parts)
 
     def _say(self, line):
         if self.verbose and self.is_chief:
             print(line, flush=True)
+
+
+def _crossed(before, after, every):
+    """Whether a multiple of `every` lies in (before, after]."""
+    return after // every > before // every
+
+
+def _known_steps(dataset):
+    """A dataset's number of batches, or None when tf.data cannot know it (read to the end)."""
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ConfigError("the training data is infinite: pass steps_per_epoch")
+    return None if cardinality == tf.data.UNKNOWN_CARDINALITY else cardinality
+
+
+def _seed_generator_states(model):
+    """The state variables of the model's random seed generators (dropout, noise layers).
+
+    Checkpointing them makes a resumed run draw the same dropout masks as an uninterrupted one.
+    """
+    states = []
+    for layer in model._flatten_layers(include_self=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            states.append(generator.state)
+    return states

@@ -1,9 +1,12 @@
-"""One experiment run: flags -> strategy -> model_dir -> ... -> results.json and report.md.
+"""One experiment run: config -> strategy -> model_dir -> ... -> results.json and report.md.
 
-`launch(name, experiment_fn)` is what a topic module's `__main__` calls. It parses flags
-(exit 2 with one line on a bad one), builds a `Run` and hands it to `experiment_fn(run)`,
-which does the science through `run.trainer(...)`, `run.claim(...)`, `run.add_table(...)`,
+A topic module ends with `EXPERIMENT = Experiment(name, experiment_fn, defaults=..., quick=...)`
+and `EXPERIMENT.launch()` under `__main__`. The launcher parses flags (exit 2 with one line on
+a bad one), resolves them once into a `Config`, builds a `Run` and hands it to
+`experiment_fn(run)`, which reads its settings from `run.config` and does the science through
+`run.trainer(...)`, `run.sweep(...)`, `run.claim(...)`, `run.add_table(...)`,
 `run.add_figure(...)`; the launcher then writes results.json, report.md and TensorBoard text.
+Tests call `EXPERIMENT.run_local(model_dir, quick=True, epochs=1)`: the same path, in-process.
 """
 
 import datetime
@@ -40,39 +43,50 @@ def _ensure_writable(path):
         raise ConfigError(f"--model_dir={path} is not writable: {e.strerror or e}") from None
 
 
+class Config(dict):
+    """The resolved settings of a run (flag name -> value), readable as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r} in this run's config") from None
+
+
 class Run:
     """The resolved state of one experiment run.
 
     Args:
         name: The experiment's name (used in the default model_dir and the report).
-        argv: The command line, for the report.
+        config: The resolved settings (a `Config`, or a dict of them).
+        command: The command line that reproduces the run, for the report.
     """
 
-    def __init__(self, name, argv):
+    def __init__(self, name, config, command=None):
         import keras
         import tensorflow as tf
 
         from experiments.runtime import strategy as strategy_lib
 
         self.name = name
-        self.command = " ".join(
-            ["python -m experiments." + name] + [shlex.quote(a) for a in sys.argv[1:]])
-        self.config = runtime_flags.resolved_flags()
+        self.config = config = Config(config)
+        self.command = command or f"python -m experiments.{name}"
         self._t0 = time.perf_counter()
         self.claims, self.sections, self.figures, self.metrics, self.data = [], [], [], {}, {}
+        self.sweeps = {}
         self.status = "completed"
 
-        if FLAGS.cpu_replicas > 1:
-            strategy_lib.configure_cpu_replicas(FLAGS.cpu_replicas)
+        if config.cpu_replicas > 1:
+            strategy_lib.configure_cpu_replicas(config.cpu_replicas)
         self.strategy = strategy_lib.get_strategy(
-            FLAGS.strategy, tpu_address=FLAGS.tpu, worker_timeout=FLAGS.worker_timeout)
+            config.strategy, tpu_address=config.tpu, worker_timeout=config.worker_timeout)
         self.strategy_name = strategy_lib.strategy_name(self.strategy)
         self.task_type, self.task_id, self.num_workers, self.is_chief = (
             strategy_lib.worker_info(self.strategy))
         self.num_replicas = self.strategy.num_replicas_in_sync
-        inputs.check_batch_size(FLAGS.batch_size, self.num_replicas)
+        inputs.check_batch_size(config.batch_size, self.num_replicas)
 
-        chief_dir = FLAGS.model_dir or os.path.join(
+        chief_dir = config.model_dir or os.path.join(
             "runs", name, datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
         # Non-chief workers must save too (checkpoints are collective) but not over the chief.
         self.model_dir = chief_dir if self.is_chief else os.path.join(
@@ -80,12 +94,12 @@ class Run:
         self._check_previous_config()
         self.created_model_dir = not os.path.exists(self.model_dir)
         _ensure_writable(self.model_dir)
-        files.write_json(os.path.join(self.model_dir, CONFIG_FILE), self.config)
+        files.write_json(os.path.join(self.model_dir, CONFIG_FILE), dict(config))
 
-        keras.utils.set_random_seed(FLAGS.seed)
-        if FLAGS.deterministic:
+        keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
             tf.config.experimental.enable_op_determinism()
-        if FLAGS.mixed_precision:
+        if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         self.versions = {
             "python": platform.python_version(), "tensorflow": tf.__version__,
@@ -129,25 +143,42 @@ class Run:
         os.makedirs(path, exist_ok=True)
         return path
 
-    def trainer(self, model_fn, optimizer_fn, loss_fn, *, model_dir=None, **kwargs):
-        """A `Trainer` wired to this run's strategy, batch size and flags.
+    def trainer(self, task, *, model_dir=None, **kwargs):
+        """A `Trainer` for `task`, wired to this run's strategy, batch size and settings.
 
         Args:
-            model_fn, optimizer_fn, loss_fn: As for `Trainer`.
+            task: A `Task` (see experiments/runtime/task.py).
             model_dir: Where this trainer writes (default: the run's model_dir).
-            **kwargs: Other `Trainer` arguments (metrics_fn, callbacks, ...).
+            **kwargs: Other `Trainer` arguments (callbacks, verbose, ...), overriding the
+                run's clip_norm, jit_compile, steps_per_execution, checkpoint_every_steps,
+                log_every_steps and batch_size.
 
         Returns:
             A `Trainer`.
         """
         from experiments.runtime.loop import Trainer
 
-        kwargs.setdefault("clip_norm", FLAGS.clip_norm)
-        kwargs.setdefault("jit_compile", FLAGS.jit_compile)
-        kwargs.setdefault("log_every_steps", FLAGS.log_every_steps)
-        kwargs.setdefault("global_batch_size", FLAGS.batch_size)
-        return Trainer(self.strategy, model_fn, optimizer_fn, loss_fn,
-                       model_dir=model_dir or self.model_dir, is_chief=self.is_chief, **kwargs)
+        config = self.config
+        kwargs.setdefault("clip_norm", config.clip_norm)
+        kwargs.setdefault("jit_compile", config.jit_compile)
+        kwargs.setdefault("steps_per_execution", config.steps_per_execution)
+        kwargs.setdefault("checkpoint_every_steps", config.checkpoint_every_steps)
+        kwargs.setdefault("log_every_steps", config.log_every_steps)
+        kwargs.setdefault("global_batch_size", config.batch_size)
+        return Trainer(self.strategy, task, model_dir=model_dir or self.model_dir,
+                       is_chief=self.is_chief, **kwargs)
+
+    def sweep(self, name, configurations, train_point, seeds=None):
+        """Runs `train_point` for every configuration (x seed) as a resumable sub-run.
+
+        See `experiments.runtime.sweep.run_sweep`; the records are also kept in
+        `self.sweeps[name]`, and TensorBoard's HParams tab gets one session per sub-run.
+        """
+        from experiments.runtime.sweep import run_sweep
+
+        records = run_sweep(self, name, configurations, train_point, seeds=seeds)
+        self.sweeps[name] = records
+        return records
 
     def claim(self, text, measured, rule, detail=""):
         """Records a claim from the notes with its measured value and pass rule."""
@@ -225,15 +256,17 @@ class Run:
                                           for k, v in self.config.items()]),
                 "claims": claims_markdown(self.claims) if self.claims else "(no claims)",
             })
-            final = {f"final/{k}": v for k, v in self.metrics.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            summaries.write_hparams(self.writer, self.config, final)
+            if not self.sweeps:
+                # A single run is one HParams session; a sweep's sessions are its sub-runs.
+                final = {f"final/{k}": v for k, v in self.metrics.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                summaries.write_hparams(self.writer, self.config, final)
             self.writer.flush()
         files.write_text(os.path.join(self.model_dir, REPORT_FILE),
                          report.render(results, self.command, self.sections, self.figures))
         # results.json last: its presence marks a complete run.
         files.write_json(os.path.join(self.model_dir, RESULTS_FILE), results)
-        return results
+        return files.strict(results)
 
 
 def print_summary(results, model_dir):
@@ -256,38 +289,82 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
-def launch(name, experiment_fn, quick=None):
-    """Runs an experiment as a command-line program (call from `if __name__ == "__main__"`).
+class Experiment:
+    """A topic's experiment: its name, science function, defaults and quick preset.
 
     Args:
-        name: The experiment name.
-        experiment_fn: `run -> None`; does the science using the `Run` API.
+        name: The experiment name (`python -m experiments.<name>`).
+        main: `run -> None`; does the science through the `Run` API, reading `run.config`.
+        defaults: Defaults of shared flags for this topic (e.g. {"epochs": 20}).
         quick: Flag values of the `--quick` preset (flags given explicitly win).
+        datasets: The `--dataset` choices; the first is the embedded default.
     """
 
-    def main(argv):
-        if len(argv) > 1:
-            sys.stderr.write(f"{name}: error: unexpected arguments: {' '.join(argv[1:])}\n")
-            sys.exit(2)
-        runtime_flags.apply_quick_preset(**(quick or {}))
-        if not FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # TF's INFO chatter hides the epoch lines
-        run = None
-        try:
-            run = Run(name, argv)
-            previous = run.previous_results
-            if previous and previous.get("status") in ("completed", "diverged"):
-                print(f"{name}: {run.model_dir} already holds a finished run; not retraining.")
-                print_summary(previous, run.model_dir)
-                return
-            experiment_fn(run)
-            results = run.finish()
-        except ConfigError as e:
-            # A run that failed on bad input leaves no directory behind that it created.
-            if run is not None and run.created_model_dir:
-                shutil.rmtree(run.model_dir, ignore_errors=True)
-            sys.stderr.write(f"{name}: error: {e}\n")
-            sys.exit(2)
-        print_summary(results, run.model_dir)
+    def __init__(self, name, main, *, defaults=None, quick=None, datasets=None):
+        self.name = name
+        self.main = main
+        self.defaults = dict(defaults or {})
+        self.quick = dict(quick or {})
+        self.datasets = list(datasets or [])
+        self.module = sys.modules[main.__module__]
 
-    app.run(main, flags_parser=_parse_flags)
+    def config(self, quick=False, **overrides):
+        """The settings of an in-process run: flag defaults, topic defaults, preset, overrides."""
+        values = {"dataset": self.datasets[0]} if self.datasets else {}
+        values.update(self.defaults)
+        if quick:
+            values.update(self.quick, quick=True)
+        values.update(overrides)
+        return Config(runtime_flags.resolved_flags(self.module, parsed=False, overrides=values))
+
+    def run_local(self, model_dir, quick=False, **overrides):
+        """Runs the experiment in this process (tests); returns the results.json dict."""
+        import keras
+
+        config = self.config(quick=quick, model_dir=str(model_dir), **overrides)
+        policy = keras.mixed_precision.global_policy()
+        try:
+            run = Run(self.name, config)
+            self.main(run)
+            return run.finish()
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+
+    def launch(self):
+        """Runs the experiment as a command-line program (`if __name__ == "__main__"`)."""
+        for name, value in self.defaults.items():
+            FLAGS.set_default(name, value)
+        if self.datasets:
+            runtime_flags.declare_datasets(self.datasets)
+
+        def main(argv):
+            if len(argv) > 1:
+                sys.stderr.write(
+                    f"{self.name}: error: unexpected arguments: {' '.join(argv[1:])}\n")
+                sys.exit(2)
+            runtime_flags.apply_quick_preset(**self.quick)
+            if not FLAGS["verbosity"].present:
+                logging.set_verbosity(logging.WARNING)  # TF's INFO chatter hides epoch lines
+            command = " ".join([f"python -m experiments.{self.name}"]
+                               + [shlex.quote(a) for a in sys.argv[1:]])
+            config = Config(runtime_flags.resolved_flags(self.module))
+            run = None
+            try:
+                run = Run(self.name, config, command)
+                previous = run.previous_results
+                if previous and previous.get("status") in ("completed", "diverged"):
+                    print(f"{self.name}: {run.model_dir} already holds a finished run; "
+                          "not retraining.")
+                    print_summary(previous, run.model_dir)
+                    return
+                self.main(run)
+                results = run.finish()
+            except ConfigError as e:
+                # A run that failed on bad input leaves no directory behind that it created.
+                if run is not None and run.created_model_dir:
+                    shutil.rmtree(run.model_dir, ignore_errors=True)
+                sys.stderr.write(f"{self.name}: error: {e}\n")
+                sys.exit(2)
+            print_summary(results, run.model_dir)
+
+        app.run(main, flags_parser=_parse_flags)

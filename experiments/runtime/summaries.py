@@ -55,7 +55,8 @@ def write_hparams(writer, hparams, metrics=None):
         hparams: Flag values; non-scalar values are stringified.
         metrics: Optional final metrics `name -> float`, written as scalars next to them.
     """
-    clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+    clean = {k: v if isinstance(v, (bool, int, float, str)) else ",".join(map(str, v))
+             if isinstance(v, (list, tuple)) else str(v)
              for k, v in hparams.items() if v is not None}
     with writer.as_default(step=0):
         hparams_api.hparams(clean)
@@ -68,4 +69,38 @@ def write_image(writer, tag, image, step=0):
     """Writes a (1, H, W, C) uint8 image with `writer`."""
     with writer.as_default(step=step):
         tf.summary.image(tag, image)
+    writer.flush()
+
+
+def write_session(log_dir, hparams, group, metrics):
+    """Writes one HParams session (a sweep's sub-run) into `log_dir`.
+
+    Args:
+        log_dir: The sub-run's directory (its own TensorBoard run).
+        hparams: The swept values of its configuration.
+        group: The session group: sub-runs of one configuration (several seeds) share it, so
+            the HParams table shows one row per configuration, aggregated over seeds.
+        metrics: Final numbers `name -> float`, written as scalars the sessions report.
+    """
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default(step=0):
+        hparams_api.hparams(hparams, trial_id=group)
+        for name, value in metrics.items():
+            tf.summary.scalar(name, value)
+    writer.flush()
+    writer.close()
+
+
+def write_hparams_config(writer, values, metric_names):
+    """Writes the HParams experiment summary (hparams with their values, metric tags)."""
+    def domain(options):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in options):
+            options = [float(v) for v in options]  # Discrete needs one type: 0 and 0.5 mix
+        return hparams_api.Discrete(sorted(options, key=lambda v: (str(type(v)), v)))
+
+    with writer.as_default(step=0):
+        hparams_api.hparams_config(
+            hparams=[hparams_api.HParam(name, domain(options))
+                     for name, options in values.items()],
+            metrics=[hparams_api.Metric(name) for name in metric_names])
     writer.flush()

@@ -64,14 +64,9 @@ def test_unit_spread_is_zero_only_for_identical_units():
     assert init_gain.unit_spread(other) > 0.1
 
 
-def test_tiny_run_end_to_end(tmp_path):
-    model_dir = str(tmp_path / "run")
-    proc = run_experiment(
-        "experiments.init_gain", f"--model_dir={model_dir}", "--depth=8", "--deep_depth=8",
-        "--width=32", "--activations=tanh,relu,sigmoid", "--train_grid=claims", "--epochs=2",
-        "--probe_size=128", "--batch_size=128", "--learning_rate=0.05")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = load_results(model_dir)
+def test_tiny_run_end_to_end_in_process(init_gain_run):
+    model_dir, results = init_gain_run
+    assert results == load_results(model_dir)
     claims = {c["text"]: c for c in results["claims"]}
     assert len(claims) == 8
     assert all(c["verdict"] in ("confirmed", "refuted") for c in claims.values())
@@ -87,13 +82,16 @@ def test_tiny_run_end_to_end(tmp_path):
     assert symmetry["measured"] < 1e-5 and symmetry["verdict"] == "confirmed"
     at_init = results["data"]["at_init"]
     assert len(at_init) == 3 * 5
+    assert len(results["data"]["training"]) == 5  # relu/he at depth 8 is trained once
     trained = {(t["activation"], t["init"]) for t in results["data"]["training"]}
     assert ("relu", "he") in trained and ("sigmoid", "zeros") in trained
     report = open(os.path.join(model_dir, "report.md")).read()
     assert "## Claims" in report and "plots/std_vs_depth.png" in report
     assert os.path.getsize(os.path.join(model_dir, "plots", "std_vs_depth.png")) > 10_000
     assert os.path.isdir(os.path.join(model_dir, "at_init", "tanh_naive"))
-    assert os.path.isdir(os.path.join(model_dir, "train", "relu_he_d8", "layer_statistics"))
+    sub_run = os.path.join(model_dir, "train", "activation=relu,init=he,depth=8")
+    assert os.path.isdir(os.path.join(sub_run, "layer_statistics"))
+    assert os.path.exists(os.path.join(sub_run, "sweep_record.json"))
 
 
 def test_bad_topic_flags_exit_2(tmp_path):

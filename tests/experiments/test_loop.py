@@ -9,6 +9,7 @@ from experiments.runtime import epoch_batches
 from experiments.runtime import inputs
 from experiments.runtime.errors import ConfigError
 from experiments.runtime.loop import Trainer
+from experiments.runtime.task import SupervisedTask
 from experiments.runtime.strategy import get_strategy, parse_tf_config
 
 RNG = np.random.default_rng(0)
@@ -28,10 +29,11 @@ def _model():
 
 def _train(strategy, clip_norm=None, epochs=3):
     trainer = Trainer(
-        strategy, _model, lambda: keras.optimizers.Adam(0.05),
-        keras.losses.SparseCategoricalCrossentropy(reduction=None), global_batch_size=32,
-        metrics_fn=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        clip_norm=clip_norm, verbose=0)
+        strategy, SupervisedTask(
+            _model, lambda: keras.optimizers.Adam(0.05),
+            keras.losses.SparseCategoricalCrossentropy(reduction=None),
+            metrics_fn=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]),
+        global_batch_size=32, clip_norm=clip_norm, verbose=0)
     result = trainer.fit(lambda e: epoch_batches(X, Y, 32, seed=0, epoch=e), epochs,
                          validation_data=lambda: epoch_batches(X[:40], Y[:40], 32, shuffle=False,
                                                                drop_remainder=False))
@@ -55,10 +57,10 @@ def test_mirrored_on_two_cpus_equals_one_device(two_cpus, mirrored_two_cpus, cli
 
 def test_one_device_matches_a_hand_written_step():
     """One step of the loop equals mean-loss + L2 gradient descent computed directly."""
-    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), _model,
-                      lambda: keras.optimizers.SGD(0.1),
-                      keras.losses.SparseCategoricalCrossentropy(reduction=None),
-                      global_batch_size=32, verbose=0)
+    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), SupervisedTask(
+        _model, lambda: keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(reduction=None)),
+        global_batch_size=32, verbose=0)
     reference = _model()
     x, y = X[:32], Y[:32]
     with tf.GradientTape() as tape:
@@ -72,10 +74,10 @@ def test_one_device_matches_a_hand_written_step():
 
 
 def test_clipping_bounds_the_update():
-    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), _model,
-                      lambda: keras.optimizers.SGD(1.0),
-                      keras.losses.SparseCategoricalCrossentropy(reduction=None),
-                      global_batch_size=32, clip_norm=1e-3, verbose=0)
+    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), SupervisedTask(
+        _model, lambda: keras.optimizers.SGD(1.0),
+        keras.losses.SparseCategoricalCrossentropy(reduction=None)),
+        global_batch_size=32, clip_norm=1e-3, verbose=0)
     before = [w.numpy() for w in trainer.model.trainable_variables]
     trainer.fit(lambda e: tf.data.Dataset.from_tensors((X[:32], Y[:32])), 1)
     after = [w.numpy() for w in trainer.model.trainable_variables]
@@ -87,10 +89,10 @@ def test_nan_guard_stops_and_names_the_step(tmp_path):
     def regression():
         return keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
 
-    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), regression,
-                      lambda: keras.optimizers.SGD(1e12),
-                      keras.losses.MeanSquaredError(reduction=None), global_batch_size=16,
-                      model_dir=str(tmp_path), verbose=0)
+    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), SupervisedTask(
+        regression, lambda: keras.optimizers.SGD(1e12),
+        keras.losses.MeanSquaredError(reduction=None)), global_batch_size=16,
+        model_dir=str(tmp_path), verbose=0)
     y = (X[:, :1] * 1e3).astype("float32")
     result = trainer.fit(lambda e: epoch_batches(X, y, 16, epoch=e), 5)
     assert result.status == "diverged"

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import tensorflow as tf
+
 from tests.experiments.helpers import REPO, experiment_cmd, load_results, run_experiment
 
 MODULE = "experiments.softmax_regression"
@@ -56,8 +58,11 @@ def test_finished_run_is_not_retrained(softmax_run):
     assert load_results(softmax_run) == before
 
 
-def test_sigkill_then_rerun_resumes_to_the_same_weights(tmp_path):
-    flags = ["--epochs=12", "--batch_size=32"]
+def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(tmp_path):
+    # digits: 1347 training examples -> 42 steps of 32 per epoch; checkpoints every 10 steps
+    # fall mid-epoch, and the run is killed after one of them (not at an epoch end).
+    flags = ["--epochs=12", "--batch_size=32", "--checkpoint_every_steps=10",
+             "--steps_per_execution=3"]
     reference = str(tmp_path / "uninterrupted")
     proc = run_experiment(MODULE, f"--model_dir={reference}", *flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -65,14 +70,16 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(tmp_path):
     killed = str(tmp_path / "killed")
     child = subprocess.Popen(experiment_cmd(MODULE, f"--model_dir={killed}", *flags), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(killed, "checkpoints", "ckpt-3.index")
+    checkpoint = os.path.join(killed, "checkpoints", "ckpt-130.index")  # epoch 4, step 4
     deadline = time.time() + 240
     while not os.path.exists(checkpoint) and time.time() < deadline and child.poll() is None:
-        time.sleep(0.02)
+        time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not os.path.exists(os.path.join(killed, "results.json"))
+    latest = tf.train.latest_checkpoint(os.path.join(killed, "checkpoints"))
+    assert int(latest.rsplit("-", 1)[1]) % 42, "the kill should land after a mid-epoch save"
 
     proc = run_experiment(MODULE, f"--model_dir={killed}", *flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -80,3 +87,4 @@ def test_sigkill_then_rerun_resumes_to_the_same_weights(tmp_path):
     resumed, uninterrupted = load_results(killed), load_results(reference)
     assert resumed["metrics"]["weights_sha256"] == uninterrupted["metrics"]["weights_sha256"]
     assert resumed["data"]["history"] == uninterrupted["data"]["history"]
+    assert resumed["metrics"]["steps"] == uninterrupted["metrics"]["steps"] == 12 * 42

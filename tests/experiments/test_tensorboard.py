@@ -7,6 +7,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
@@ -63,3 +65,59 @@ def test_tensorboard_serves_the_run_on_localhost(softmax_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _serve(logdir):
+    port = free_port()
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen(
+        [tensorboard, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port),
+         "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _post_json(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def test_hparams_plugin_lists_one_session_per_sweep_configuration(init_gain_run):
+    model_dir, results = init_gain_run
+    server, base = _serve(model_dir)
+    request = {"startIndex": 0, "sliceSize": 100,
+               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                   "STATUS_RUNNING"],
+               "colParams": [{"hparam": "activation"}, {"hparam": "init"},
+                             {"hparam": "depth"},
+                             {"metric": {"tag": "validation_accuracy"}}]}
+    try:
+        deadline, groups, experiment = time.time() + 90, [], {}
+        while time.time() < deadline:
+            try:
+                experiment = _post_json(f"{base}/data/plugin/hparams/experiment", {})
+                groups = _post_json(f"{base}/data/plugin/hparams/session_groups",
+                                    request).get("sessionGroups", [])
+                if len(groups) >= 5:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    trained = {(t["activation"], t["init"]) for t in results["data"]["training"]}
+    assert len(groups) == len(trained) == 5, groups
+    seen = {(g["hparams"]["activation"], g["hparams"]["init"]) for g in groups}
+    assert seen == trained
+    assert all(g["hparams"]["depth"] == 8 for g in groups)
+    # The experiment summary at the run root lists the swept hparams and the final metrics.
+    names = {h["name"] for h in experiment["hparamInfos"]}
+    assert names == {"activation", "init", "depth"}
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert {"validation_accuracy", "diverged"} <= metrics
+    accuracy = {(g["hparams"]["activation"], g["hparams"]["init"]):
+                g["metricValues"][0]["value"] for g in groups}
+    for t in results["data"]["training"]:
+        assert accuracy[t["activation"], t["init"]] == pytest.approx(t["validation_accuracy"])

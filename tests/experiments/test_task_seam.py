@@ -1,0 +1,171 @@
+"""The runtime's structured-batch seam: dict batches, token-level means, steps per execution,
+unknown-size datasets, per-replica metrics and regularisation reported on its own."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments.runtime import ConfigError, SupervisedTask, Task, Trainer, epoch_batches
+
+VOCAB, STEPS, BATCH = 11, 6, 8
+RNG = np.random.default_rng(0)
+TOKENS = RNG.integers(1, VOCAB, size=(48, STEPS)).astype("int32")
+TARGETS = RNG.integers(1, VOCAB, size=(48, STEPS)).astype("int32")
+# Very unequal real lengths: a per-replica mean (or a per-sequence mean) would differ from the
+# token-level mean over the global batch.
+LENGTHS = np.array([1, 6, 2, 6, 1, 5, 3, 6] * 6)
+MASK = (np.arange(STEPS)[None] < LENGTHS[:, None]).astype("float32")
+
+
+def _sequence_model():
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((STEPS,), dtype="int32", name="tokens")
+    hidden = keras.layers.Embedding(VOCAB, 8)(tokens)
+    hidden = keras.layers.Dense(8, activation="tanh",
+                                kernel_regularizer=keras.regularizers.L2(1e-3))(hidden)
+    return keras.Model(tokens, keras.layers.Dense(VOCAB)(hidden))
+
+
+class TokenTask(Task):
+    """Per-token cross-entropy over the real tokens of padded sequences (dict batches)."""
+
+    def build_model(self):
+        return _sequence_model()
+
+    def build_optimizer(self):
+        return keras.optimizers.SGD(0.5)
+
+    def build_metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")]
+
+    def compute_loss(self, model, batch, training):
+        logits = model(batch["tokens"], training=training)
+        per_token = keras.losses.sparse_categorical_crossentropy(
+            batch["targets"], logits, from_logits=True)
+        mask = batch["mask"]
+        return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask), logits
+
+    def update_metrics(self, metrics, batch, outputs):
+        for metric in metrics:
+            metric.update_state(batch["targets"], outputs, sample_weight=batch["mask"])
+
+
+def _token_batches(epoch, batch=BATCH):
+    return epoch_batches({"tokens": TOKENS, "targets": TARGETS, "mask": MASK}, None, batch,
+                         seed=0, epoch=epoch)
+
+
+def _token_trainer(strategy, **kwargs):
+    return Trainer(strategy, TokenTask(), BATCH, verbose=0, **kwargs)
+
+
+def _numpy_token_loss(model, tokens, targets, mask):
+    logits = model(tokens).numpy().astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+    return (nll * mask).sum() / mask.sum()
+
+
+def test_token_level_mean_is_exact_on_one_device_and_two_replicas(two_cpus, mirrored_two_cpus):
+    one = _token_trainer(tf.distribute.OneDeviceStrategy(two_cpus[0]))
+    expected = _numpy_token_loss(one.model, TOKENS, TARGETS, MASK)
+    val = lambda: _token_batches(0)  # noqa: E731
+    assert one.evaluate(val)["loss"] == pytest.approx(expected, rel=1e-6)
+    two = _token_trainer(mirrored_two_cpus)
+    assert two.evaluate(val)["loss"] == pytest.approx(expected, rel=1e-6)
+
+    r1 = one.fit(_token_batches, 3, validation_data=val)
+    r2 = two.fit(_token_batches, 3, validation_data=val)
+    for a, b in zip(one.model.get_weights(), two.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for h1, h2 in zip(r1.history, r2.history):
+        for split in ("train", "validation"):
+            assert h1[split].keys() == h2[split].keys()
+            for key, value in h1[split].items():
+                assert h2[split][key] == pytest.approx(value, abs=1e-5), (split, key)
+    # The epoch's training loss is the token-weighted mean of its steps, and the
+    # regulariser is reported on its own, in both splits.
+    assert r1.history[-1]["validation"]["regularization_loss"] > 0
+    assert r1.history[-1]["train"]["regularization_loss"] > 0
+
+
+def test_metrics_are_summed_per_replica_not_gathered(two_cpus, mirrored_two_cpus):
+    two = _token_trainer(mirrored_two_cpus)
+    one = _token_trainer(tf.distribute.OneDeviceStrategy(two_cpus[0]))
+    results = [t.evaluate(lambda: _token_batches(1)) for t in (one, two)]
+    assert results[0]["token_accuracy"] == pytest.approx(results[1]["token_accuracy"], abs=1e-7)
+    # Hand count: masked token accuracy of the initial model.
+    predictions = one.model(TOKENS).numpy().argmax(-1)
+    hand = ((predictions == TARGETS) * MASK).sum() / MASK.sum()
+    assert results[0]["token_accuracy"] == pytest.approx(hand, abs=1e-6)
+    # Each replica keeps its own sums; reading the metric adds them up.
+    variable = two.metrics[0].variables[0].value
+    assert variable.synchronization == tf.VariableSynchronization.ON_READ
+    assert len(two.strategy.experimental_local_results(variable)) == 2
+    # No op in the training step gathers predictions across replicas.
+    concrete = two._train_execution.get_concrete_function(
+        iter(two.strategy.experimental_distribute_dataset(_token_batches(0))),
+        tf.constant(1, tf.int64))
+    op_types = {op.type for op in concrete.graph.get_operations()}
+    for fn in concrete.graph._functions.values():
+        op_types |= {node.op for node in fn.definition.node_def}
+    assert "ArgMax" in op_types  # the metric update is in the traced step...
+    assert not {t for t in op_types if "Gather" in t and "Collective" in t}  # ...ungathered
+
+
+def test_steps_per_execution_gives_identical_results():
+    runs = []
+    for spe in (1, 8, 5):
+        trainer = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                 steps_per_execution=spe)
+        result = trainer.fit(_token_batches, 2, validation_data=lambda: _token_batches(0))
+        runs.append((trainer, result))
+    (t1, r1), *others = runs
+    for trainer, result in others:
+        for a, b in zip(t1.model.get_weights(), trainer.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        assert result.history == r1.history
+        assert result.steps == r1.steps == 12
+
+
+def test_unknown_cardinality_datasets():
+    def unknown(epoch):
+        return _token_batches(epoch).filter(lambda batch: True)
+
+    assert int(unknown(0).cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    known = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), steps_per_execution=4)
+    unsized = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), steps_per_execution=4)
+    r_known = known.fit(_token_batches, 2, validation_data=lambda: _token_batches(0))
+    r_unsized = unsized.fit(unknown, 2, validation_data=lambda: unknown(0))
+    assert r_unsized.steps == r_known.steps == 12
+    assert r_unsized.history == r_known.history
+    assert r_unsized.history[0]["validation"]["loss"] > 0
+    # steps_per_epoch bounds an epoch of an unsized (here endless) dataset.
+    capped = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    result = capped.fit(lambda e: unknown(e).repeat(), 2, steps_per_epoch=4)
+    assert result.steps == 8
+
+    empty = lambda *_: _token_batches(0).take(0).filter(lambda b: True)  # noqa: E731
+    trainer = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    with pytest.raises(ConfigError, match="no full global batch"):
+        trainer.fit(empty, 1)
+    with pytest.raises(ConfigError, match="evaluation split is empty"):
+        trainer.evaluate(empty)
+    with pytest.raises(ConfigError, match="infinite"):
+        trainer.fit(lambda e: _token_batches(e).repeat(), 1)
+
+
+def test_supervised_task_sample_weights_give_a_weighted_mean():
+    x = RNG.normal(size=(16, 3)).astype("float32")
+    y = RNG.normal(size=(16, 1)).astype("float32")
+    weights = np.r_[np.zeros(8), np.ones(8) * 2].astype("float32")
+    task = SupervisedTask(lambda: keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]),
+                          lambda: keras.optimizers.SGD(0.1),
+                          keras.losses.MeanSquaredError(reduction=None))
+    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), task, 16, verbose=0)
+    loss = trainer.evaluate(
+        lambda: tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(16))["loss"]
+    per_example = ((trainer.model(x).numpy() - y) ** 2)[:, 0]
+    assert loss == pytest.approx((per_example * weights).sum() / weights.sum(), rel=1e-6)
