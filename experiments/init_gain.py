@@ -78,7 +78,7 @@ def build_mlp(input_dim, num_classes, depth, width, activation, init, seed):
             model.add(keras.layers.Activation(activation, name=f"act_{i + 1:02d}"))
     model.add(keras.layers.Dense(
         num_classes, kernel_initializer=get_initializer(init, "linear", seed=seed + depth),
-        bias_initializer="zeros", name="logits"))
+        bias_initializer="zeros", dtype="float32", name="logits"))  # float32 under mixed precision
     return model
 
 
