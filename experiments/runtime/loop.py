@@ -91,28 +91,29 @@ def _add(a, b):
 
 
 class _EpochTotals:
-    """Running sums of one epoch (kept in variables so a mid-epoch checkpoint holds them)."""
+    """Running sums of one epoch, in Python; mirrored into a variable only for checkpoints,
+    so a mid-epoch checkpoint resumes the epoch's loss exactly."""
 
     def __init__(self):
-        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.weight = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.regularization = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.values = np.zeros(4)  # loss_sum, weight, regularisation sum, steps
+        self.variable = tf.Variable(np.zeros(4), dtype=tf.float64, trainable=False)
 
     def reset(self):
-        for v in (self.loss_sum, self.weight, self.regularization, self.steps):
-            v.assign(tf.zeros_like(v))
+        self.values = np.zeros(4)
 
     def add(self, loss_sum, weight, regularization, steps):
-        self.loss_sum.assign_add(float(loss_sum))
-        self.weight.assign_add(float(weight))
-        self.regularization.assign_add(float(regularization))
-        self.steps.assign_add(int(steps))
+        self.values += (loss_sum, weight, regularization, steps)
+
+    def before_save(self):
+        self.variable.assign(self.values)
+
+    def after_restore(self):
+        self.values = self.variable.numpy().copy()
 
     def logs(self):
-        steps = max(int(self.steps.numpy()), 1)
-        return {"loss": float(self.loss_sum.numpy() / max(self.weight.numpy(), 1e-12)),
-                "regularization_loss": float(self.regularization.numpy() / steps)}
+        loss_sum, weight, regularization, steps = self.values
+        return {"loss": float(loss_sum / max(weight, 1e-12)),
+                "regularization_loss": float(regularization / max(steps, 1))}
 
 
 class Trainer:
@@ -168,7 +169,7 @@ class Trainer:
         self._totals = _EpochTotals()
         self._checkpoint = tf.train.Checkpoint(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch, totals=self._totals.__dict__,
+            step_in_epoch=self.step_in_epoch, epoch_totals=self._totals.variable,
             metrics=[v for m in self.metrics for v in m.variables],
             seed_generators=_seed_generator_states(self.model),
         )
@@ -185,6 +186,7 @@ class Trainer:
         self._forward_backward = (tf.function(self._loss_and_grads, jit_compile=True)
                                   if jit_compile else self._loss_and_grads)
         self._train_execution = tf.function(self._distributed_train_steps)
+        self._train_single_step = tf.function(self._distributed_train_step)
         self._eval_execution = tf.function(self._distributed_eval_steps)
 
     # ----------------------------------------------------------------- replica functions
@@ -235,8 +237,22 @@ class Trainer:
         return loss_sum, weight, regularization
 
     # --------------------------------------------------------------- global functions
+    def _step(self, replica_fn, batch):
+        """One global step: (loss_sum, weight, regularisation, loss) summed over replicas."""
+        per_replica = self.strategy.run(replica_fn, args=(batch,))
+        loss_sum, weight, regularization = (
+            self.strategy.reduce(_SUM, v, axis=None) for v in per_replica)
+        regularization = regularization / self.strategy.num_replicas_in_sync
+        return loss_sum, weight, regularization, loss_sum / tf.maximum(weight, 1e-12) + regularization
+
     def _run_steps(self, replica_fn, iterator, max_steps, stop_on_nonfinite):
-        """Runs up to `max_steps` steps (fewer if the iterator ends). Returns the sums."""
+        """Runs up to `max_steps` steps (fewer if the iterator ends).
+
+        Returns:
+            One float64 vector (a single device-to-host copy per execution): the sums of
+            loss_sum, weight and regularisation, the steps run, the last step's loss, and
+            1.0 if every loss was finite.
+        """
         loss_total = tf.constant(0.0, tf.float64)
         weight_total = tf.constant(0.0, tf.float64)
         reg_total = tf.constant(0.0, tf.float64)
@@ -247,11 +263,8 @@ class Trainer:
             batch = iterator.get_next_as_optional()
             if not batch.has_value():
                 break
-            per_replica = self.strategy.run(replica_fn, args=(batch.get_value(),))
-            loss_sum, weight, regularization = (
-                self.strategy.reduce(_SUM, v, axis=None) for v in per_replica)
-            regularization = regularization / self.strategy.num_replicas_in_sync
-            last_loss = loss_sum / tf.maximum(weight, 1e-12) + regularization
+            loss_sum, weight, regularization, last_loss = self._step(
+                replica_fn, batch.get_value())
             loss_total += tf.cast(loss_sum, tf.float64)
             weight_total += tf.cast(weight, tf.float64)
             reg_total += tf.cast(regularization, tf.float64)
@@ -259,10 +272,19 @@ class Trainer:
             if stop_on_nonfinite and not tf.math.is_finite(last_loss):
                 finite = tf.constant(False)
                 break
-        return loss_total, weight_total, reg_total, steps, last_loss, finite
+        return tf.stack([loss_total, weight_total, reg_total, tf.cast(steps, tf.float64),
+                         tf.cast(last_loss, tf.float64), tf.cast(finite, tf.float64)])
 
     def _distributed_train_steps(self, iterator, max_steps):
         return self._run_steps(self._replica_train_step, iterator, max_steps, True)
+
+    def _distributed_train_step(self, iterator):
+        # The common case (one step per call, known epoch length) without the while loop
+        # and Optional of `_run_steps`: what Keras' own train_function does.
+        sums = self._step(self._replica_train_step, next(iterator))
+        values = [tf.cast(v, tf.float64) for v in sums]
+        return tf.stack([*values[:3], tf.constant(1.0, tf.float64), values[3],
+                         tf.cast(tf.math.is_finite(sums[3]), tf.float64)])
 
     def _distributed_eval_steps(self, iterator, max_steps):
         return self._run_steps(self._replica_eval_step, iterator, max_steps, False)
@@ -273,6 +295,7 @@ class Trainer:
         if self._manager is None or self._manager.latest_checkpoint is None:
             return 0, 0
         self._checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
+        self._totals.after_restore()
         return int(self.epoch.numpy()), int(self.optimizer.iterations.numpy())
 
     def evaluate(self, make_dataset, steps=None):
@@ -295,11 +318,11 @@ class Trainer:
         iterator = iter(inputs.distribute(self.strategy, make_dataset, self.global_batch_size))
         cap = steps if steps is not None else np.iinfo(np.int64).max
         loss_sum, weight, reg_sum, done, _, _ = self._eval_execution(
-            iterator, tf.constant(cap, tf.int64))
-        if float(weight) <= 0:
+            iterator, tf.constant(cap, tf.int64)).numpy()
+        if weight <= 0:
             raise ConfigError("the evaluation split is empty (no example to evaluate)")
         results = {"loss": float(loss_sum / weight),
-                   "regularization_loss": float(reg_sum) / max(int(done), 1)}
+                   "regularization_loss": float(reg_sum / max(done, 1))}
         results.update(self._metric_values())
         return results
 
@@ -386,25 +409,29 @@ class Trainer:
     # ----------------------------------------------------------------------- helpers
     def _train_epoch(self, epoch, train_data, skip, steps_per_epoch):
         """Trains one epoch from batch `skip`. Returns (steps done in the epoch, status)."""
-        iterator = iter(inputs.distribute(
-            self.strategy, lambda: train_data(epoch).skip(skip), self.global_batch_size))
+        make_dataset = (lambda: train_data(epoch).skip(skip)) if skip else (
+            lambda: train_data(epoch))
+        iterator = iter(inputs.distribute(self.strategy, make_dataset, self.global_batch_size))
         progbar = self._progbar(steps_per_epoch)
         step, window_start = skip, time.perf_counter()
+        global_step = int(self.optimizer.iterations.numpy())
         while steps_per_epoch is None or step < steps_per_epoch:
-            count = self._execution_length(step, steps_per_epoch)
+            count = self._execution_length(step, global_step, steps_per_epoch)
             self.callbacks.on_train_batch_begin(step)
-            loss_sum, weight, reg_sum, done, last_loss, finite = self._train_execution(
-                iterator, tf.constant(count, tf.int64))
+            if count == 1 and steps_per_epoch is not None:
+                sums = self._train_single_step(iterator)
+            else:
+                sums = self._train_execution(iterator, tf.constant(count, tf.int64))
+            loss_sum, weight, reg_sum, done, loss, finite = sums.numpy()
             done = int(done)
-            if not bool(finite):
+            if not finite:
                 return step + done, "diverged"
             if done == 0:
                 break  # the dataset ended (unknown cardinality)
             self._totals.add(loss_sum, weight, reg_sum, done)
-            previous_global = int(self.optimizer.iterations.numpy()) - done
+            previous_global, global_step = global_step, global_step + done
             step += done
-            global_step = previous_global + done
-            loss = float(last_loss)
+            loss = float(loss)
             self.callbacks.on_train_batch_end(step - 1, {"loss": loss})
             if progbar is not None:
                 progbar.update(step, [("loss", loss)])
@@ -415,29 +442,29 @@ class Trainer:
                 now = time.perf_counter()
                 rate = (global_step - previous_global) / max(now - window_start, 1e-9)
                 window_start = now
-            if self._writers and _crossed(previous_global, global_step, self.log_every_steps):
-                self._writers.train_scalars(global_step, {
-                    "loss": loss, **metric_values,
-                    "learning_rate": self._learning_rate(),
-                    "steps_per_second": rate,
-                    "examples_per_second": rate * self.global_batch_size,
-                })
+                if self._writers:
+                    self._writers.train_scalars(global_step, {
+                        "loss": loss, **metric_values,
+                        "learning_rate": self._learning_rate(),
+                        "steps_per_second": rate,
+                        "examples_per_second": rate * self.global_batch_size,
+                    })
             if (self.checkpoint_every_steps and self._manager is not None
                     and _crossed(previous_global, global_step, self.checkpoint_every_steps)
                     and (steps_per_epoch is None or step < steps_per_epoch)):
                 self.step_in_epoch.assign(step)
+                self._totals.before_save()
                 self._manager.save(checkpoint_number=global_step)
             if done < count or self.model.stop_training:
                 break
         return step, "ok"
 
-    def _execution_length(self, step, steps_per_epoch):
+    def _execution_length(self, step, global_step, steps_per_epoch):
         """Steps in the next execution: never past the epoch end or a checkpoint boundary."""
         count = self.steps_per_execution
         if steps_per_epoch is not None:
             count = min(count, steps_per_epoch - step)
         if self.checkpoint_every_steps:
-            global_step = int(self.optimizer.iterations.numpy())
             count = min(count, self.checkpoint_every_steps
                         - global_step % self.checkpoint_every_steps)
         return max(count, 1)
@@ -465,6 +492,7 @@ class Trainer:
         # next restore trims to the checkpoint's epoch.
         if self.is_chief:
             files.write_json(os.path.join(self.model_dir, HISTORY_FILE), history)
+        self._totals.before_save()
         self._manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
 
     def _progbar(self, steps):

@@ -57,6 +57,7 @@ class Task:
 
     def update_metrics(self, metrics, batch, outputs):
         """Updates `metrics` from one replica's batch and `compute_loss` outputs."""
+        del metrics, batch, outputs  # no metrics unless a task defines them
 
 
 class SupervisedTask(Task):
