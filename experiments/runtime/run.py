@@ -336,6 +336,9 @@ class Experiment:
             FLAGS.set_default(name, value)
         if self.datasets:
             runtime_flags.declare_datasets(self.datasets)
+        # --help lists the flags of the main module: make the runtime's flags part of it.
+        for flag in FLAGS.get_key_flags_for_module(runtime_flags.__name__):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
         def main(argv):
             if len(argv) > 1:
