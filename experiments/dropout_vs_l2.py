@@ -545,6 +545,13 @@ def grid_part(run, results, grid_roles, seeds):
         "rate while AdamW's paper-form decay does not: a paper slope near 0 for AdamW and "
         "away from 0 for Adam + L2. The claim below compares |slope| per seed against the "
         "seed noise."))
+    edge = [f"{'AdamW' if n == 'adamw' else 'Adam + L2'} at lr {lr:g}"
+            for n, a in analysis.items() for lr in a["lrs"]
+            if a["best"][lr] in (a["decays"][0], a["decays"][-1])]
+    if edge:
+        run.add_text("Decay grid edges", "The best decay lies on the edge of the grid for: "
+                     + ", ".join(edge) + ". The optimum is not bracketed there, so the slope "
+                     "is a bound, not an estimate; widen --adamw_decays / --adam_l2_decays.")
     run.add_figure("decay_grid", plot_grid(analysis),
                    "Validation accuracy (seed mean) over learning rate x decay; circles: best "
                    "decay per learning rate. Left: paper parametrisation, right: Keras "
