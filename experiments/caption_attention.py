@@ -184,7 +184,7 @@ def evaluate_model(model, data, vocabulary, names, beam_size, decodings=("greedy
     Returns a flat dict: "<decoding>/bleu_n", "correct/<shape>/mass|share|count",
     "spread/effective_regions", "spread/penalty".
     """
-    decoder = cap.Decoder(model)
+    decoder = cap.decoder_for(model)
     refs = [[cap.tokenize(c) for c in row] for row in data["captions"]]
     out, outputs = {}, {}
     for decoding in decodings:
@@ -228,9 +228,7 @@ class CaptionMonitor(keras.callbacks.Callback):
         self.curve, self.best, self.best_weights, self.wait = [], -1.0, None, 0
 
     def on_epoch_end(self, epoch, logs=None):
-        if getattr(self, "decoder", None) is None:
-            self.decoder = cap.Decoder(self.model)
-        ids, alphas = self.decoder.greedy(self.data["images"])
+        ids, alphas = cap.decoder_for(self.model).greedy(self.data["images"])
         words = [cap.decode_ids(i, self.vocabulary) for i in ids]
         scores = cap.bleu(self.refs, words)
         self.curve.append({"epoch": epoch + 1, **scores,
@@ -453,7 +451,7 @@ def report_figures(run, groups, best_key, baseline_key, splits, vocabulary, name
                         os.path.join(run.model_dir, MODEL_FILE))
     baseline = keras.saving.load_model(
         os.path.join(groups[baseline_key][0]["model_dir"], MODEL_FILE), safe_mode=True)
-    decoder, base_decoder = cap.Decoder(model), cap.Decoder(baseline)
+    decoder, base_decoder = cap.decoder_for(model), cap.decoder_for(baseline)
     pictures, titles, lines = [], [], []
     for split in EVAL_SPLITS:
         if split not in splits:
@@ -523,7 +521,7 @@ def predict(model_dir, image_path, beam_size=3, out=None):
     model = keras.saving.load_model(path, safe_mode=True)
     image = np.asarray(image.resize((model.image_size, model.image_size),
                                     Image.Resampling.BILINEAR), np.uint8)
-    ids, alphas = cap.Decoder(model).beam(image[None], beam_size)
+    ids, alphas = cap.decoder_for(model).beam(image[None], beam_size)
     words = cap.decode_ids(ids[0], model.vocabulary)
     out = out or os.path.splitext(image_path)[0] + "_attention.png"
     Image.fromarray(attention_picture(image, words, alphas[0], scale=3)).save(out)
@@ -552,7 +550,7 @@ def _predict_main():
 EXPERIMENT = runtime.Experiment(
     "caption_attention", experiment,
     defaults={"epochs": 15, "batch_size": 32, "learning_rate": 2e-3},
-    quick={"epochs": 4, "caption_data": "quick", "caption_seeds": 1, "caption_units": 128,
+    quick={"epochs": 5, "caption_data": "quick", "caption_seeds": 1, "caption_units": 128,
            "caption_attention_units": 64, "caption_eval_images": 300},
     datasets=DATASETS)
 

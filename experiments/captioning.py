@@ -22,6 +22,7 @@ the global token count: the per-token CE mean plus the penalty per token, exact 
 
 import math
 import re
+import weakref
 
 import keras
 import numpy as np
@@ -287,6 +288,16 @@ class CaptionTask(Task):
 
 
 # --------------------------------------------------------------------------- decoding
+_DECODERS = weakref.WeakKeyDictionary()
+
+def decoder_for(model):
+    """The (cached) Decoder of `model`: its compiled functions are traced once per model."""
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = Decoder(model)
+    return decoder
+
+
 class Decoder:
     """Greedy and beam-search decoding of a Captioner with compiled encode/step functions."""
 
