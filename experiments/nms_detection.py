@@ -732,7 +732,8 @@ EXPERIMENT = runtime.Experiment(
     "nms_detection", experiment,
     defaults={"epochs": 30, "batch_size": 64, "learning_rate": 3e-3},
     quick={"epochs": 12, "batch_size": 32, "det_scenes": "quick", "det_width": 16,
-           "det_map_every": 4},
+           "det_map_every": 6, "det_iou_thresholds": ["0.3", "0.5", "0.6", "0.8"],
+           "det_soft_sigmas": ["0.25", "1.0"]},
     datasets=DATASETS)
 
 if __name__ == "__main__":
