@@ -100,10 +100,12 @@ def build_encoder(image_size, channels, encoder="cnn", backbone_weights=None):
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(x)
         x = keras.layers.Conv2D(channels[0], 3, strides=2, padding="same", use_bias=False,
                                 name="stem")(x)
-        x = keras.layers.BatchNormalization(name="stem_bn")(x)
+        # BN momentum 0.9 (not 0.99): runs of a few hundred steps need moving statistics
+        # that have caught up, or validation (inference mode) lags training.
+        x = keras.layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
         x = keras.layers.ReLU()(x)
-        x = ResidualBlock(channels[1], strides=2, name="block1")(x)
-        x = ResidualBlock(channels[2], strides=2, name="block2")(x)
+        x = ResidualBlock(channels[1], strides=2, momentum=0.9, name="block1")(x)
+        x = ResidualBlock(channels[2], strides=2, momentum=0.9, name="block2")(x)
     grid = x.shape[1] * x.shape[2]
     x = keras.layers.Reshape((grid, x.shape[-1]), name="regions")(x)
     return keras.Model(inputs, x, name="encoder")
