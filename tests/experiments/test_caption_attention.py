@@ -189,6 +189,7 @@ def tiny_run(tmp_path_factory):
     return model_dir, results
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end_run(tiny_run):
     model_dir, results = tiny_run
     assert results["status"] == "completed"
@@ -212,6 +213,7 @@ def test_tiny_end_to_end_run(tiny_run):
     assert any(e.startswith("events") for e in events)
 
 
+@pytest.mark.slow
 def test_predict_captions_a_png_and_rejects_a_bad_image(tiny_run, tmp_path):
     from PIL import Image
 
