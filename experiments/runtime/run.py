@@ -256,8 +256,14 @@ class Run:
                                           for k, v in self.config.items()]),
                 "claims": claims_markdown(self.claims) if self.claims else "(no claims)",
             })
-            if not self.sweeps:
-                # A single run is one HParams session; a sweep's sessions are its sub-runs.
+            if self.sweeps:
+                # A sweep's sessions are its sub-runs; the run root holds the one experiment
+                # summary (TensorBoard keeps the first it finds) for all of the run's sweeps.
+                from experiments.runtime.sweep import write_hparams_config
+
+                write_hparams_config(self, [r for rs in self.sweeps.values() for r in rs])
+            else:
+                # A single run is one HParams session.
                 final = {f"final/{k}": v for k, v in self.metrics.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 summaries.write_hparams(self.writer, self.config, final)

@@ -6,7 +6,7 @@ the sweep runs again, so a killed sweep resumes where it stopped; a sub-run that
 recorded as such and the sweep goes on. TensorBoard's HParams dashboard gets one session per
 sub-run, grouped by configuration (so seeds aggregate into one row), with the swept values as
 hparams and the sub-run's final numbers as metrics; the hparams config (the experiment
-summary that lists them) is written at the run root.
+summary that lists them, for every sweep of the run) is written at the run root.
 """
 
 import dataclasses
@@ -75,8 +75,6 @@ def run_sweep(run, name, configurations, train_point, seeds=None):
             parts = [name, key] + ([f"seed_{seed}"] if seeds is not None else [])
             point = SweepPoint(key, hparams, int(seed), run.subdir(*parts))
             records.append(_run_point(run, point, train_point))
-    if run.is_chief and records:
-        _write_hparams_config(run, records)
     return records
 
 
@@ -108,7 +106,8 @@ def _session_metrics(record):
     return metrics
 
 
-def _write_hparams_config(run, records):
+def write_hparams_config(run, records):
+    """Writes the HParams experiment summary of `records` (every sweep of the run) at its root."""
     values = {}
     for record in records:
         for name, value in record["hparams"].items():

@@ -118,6 +118,7 @@ def test_hparams_plugin_lists_one_session_per_sweep_configuration(init_gain_run)
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert {"validation_accuracy", "diverged"} <= metrics
     accuracy = {(g["hparams"]["activation"], g["hparams"]["init"]):
-                g["metricValues"][0]["value"] for g in groups}
+                next(m["value"] for m in g["metricValues"]
+                     if m["name"]["tag"] == "validation_accuracy") for g in groups}
     for t in results["data"]["training"]:
         assert accuracy[t["activation"], t["init"]] == pytest.approx(t["validation_accuracy"])
