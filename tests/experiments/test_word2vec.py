@@ -65,6 +65,15 @@ def test_tiny_run_trains_and_records_claims(tiny_run):
         assert metrics["final_loss"] < 0.9 * metrics["loss_at_init"]
         assert metrics["words_per_second"] > 0
         assert 0 <= metrics["analogy_coverage"] <= 1
+    # Per-epoch TensorBoard scalars: loss, words/s, per-pair learning rate, W and W+C scores.
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(os.path.join(seed_dir, "word2vec"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"word2vec/loss", "word2vec/words_per_second", "word2vec/learning_rate",
+            "analogy/W", "ws353_spearman/W+C", "simlex_spearman/W"} <= set(
+        events.Tags()["tensors"])
     texts = [c["text"] for c in results["claims"]]
     assert len(texts) == 5
     assert any("alpha = 0.75" in t for t in texts)
