@@ -28,7 +28,6 @@ Yardstick: for --dataset=coco_captions only, Xu et al.'s soft attention BLEU-1/4
 import math
 import os
 import shutil
-import sys
 
 import keras
 import numpy as np
@@ -67,12 +66,6 @@ flags.DEFINE_string("caption_backbone_weights", None, "mobilenet_v2 weights ('im
                     "file); None trains it from scratch.")
 flags.DEFINE_integer("caption_image_size", 128, "Resize side for real photos.", lower_bound=32)
 flags.DEFINE_integer("caption_max_images", 20000, "Cap on real training images.", lower_bound=1)
-if "predict" not in flags.FLAGS:  # another topic may define the same flag (same meaning)
-    flags.DEFINE_string("predict", None, "Caption this image with the model in --model_dir "
-                        "and write its attention maps; trains nothing.")
-if "predict_out" not in flags.FLAGS:
-    flags.DEFINE_string("predict_out", None, "Where --predict writes the attention-map PNG "
-                        "(default: next to the image, <name>_attention.png).")
 
 
 @flags.validator("attention_reg", message="--attention_reg must be numbers >= 0")
@@ -392,7 +385,6 @@ def summarise(run, records, splits, names, vocabulary):
                   key="attention_spread")
 
     # claims
-    seeds = len(groups[best_key])
     comp = "compositional_test" if "compositional_test" in splits else "test"
     diffs = [a["metrics"][f"{comp}/greedy/bleu_4"] - b["metrics"][f"{comp}/greedy/bleu_4"]
              for a, b in zip(groups[best_key], groups[baseline_key])]
@@ -528,23 +520,10 @@ def predict(model_dir, image_path, beam_size=3, out=None):
     return words, out
 
 
-def _predict_main():
-    from absl import app
-
-    from experiments.runtime.run import _parse_flags
-
-    def main(argv):
-        flags_ = flags.FLAGS
-        try:
-            words, out = predict(flags_.model_dir, flags_.predict, flags_.beam_size,
-                                 flags_.predict_out)
-        except ConfigError as e:
-            sys.stderr.write(f"caption_attention: error: {e}\n")
-            sys.exit(2)
-        print(" ".join(words))
-        print(f"attention maps: {out}")
-
-    app.run(main, flags_parser=_parse_flags)
+def predict_command(config):
+    """`--predict=IMAGE --model_dir=RUN`: the caption and where its attention maps went."""
+    words, out = predict(config.model_dir, config.predict, config.beam_size, config.predict_out)
+    return f"{' '.join(words)}\nattention maps: {out}"
 
 
 EXPERIMENT = runtime.Experiment(
@@ -552,10 +531,7 @@ EXPERIMENT = runtime.Experiment(
     defaults={"epochs": 15, "batch_size": 32, "learning_rate": 2e-3},
     quick={"epochs": 5, "caption_data": "quick", "caption_seeds": 1, "caption_units": 128,
            "caption_attention_units": 64, "caption_eval_images": 300},
-    datasets=DATASETS)
+    datasets=DATASETS, predict=predict_command)
 
 if __name__ == "__main__":
-    if any(a == "--predict" or a.startswith("--predict=") for a in sys.argv[1:]):
-        _predict_main()
-    else:
-        EXPERIMENT.launch()
+    EXPERIMENT.launch()

@@ -31,7 +31,6 @@ Expected:  NMS 0.5 >> no NMS; 0.3 loses recall on overlapping pairs, 0.8 keeps d
 import json
 import math
 import os
-import sys
 import time
 
 import keras
@@ -65,10 +64,6 @@ flags.DEFINE_list("det_soft_sigmas", ["0.1", "0.25", "0.5", "1.0"],
 flags.DEFINE_integer("det_max_detections", 100, "Detections per image (COCO maxDets).",
                      lower_bound=1)
 flags.DEFINE_bool("det_class_agnostic", False, "The exported model's NMS is class-agnostic.")
-flags.DEFINE_string("predict", None, "Draw the detections of --model_dir's exported model "
-                    "on this image and exit.")
-flags.DEFINE_string("predict_out", None, "Where --predict writes (default: "
-                    "<image>_detections.png).")
 
 
 @flags.validator("det_iou_thresholds", message="--det_iou_thresholds must be numbers in [0, 1]")
@@ -707,25 +702,9 @@ def predict(model_dir, image_path, out_path=None):
     return out_path
 
 
-def _predict_main():
-    from absl import app
-
-    def main(argv):
-        del argv
-        try:
-            print(predict(flags.FLAGS.model_dir, flags.FLAGS.predict, flags.FLAGS.predict_out))
-        except runtime.ConfigError as e:
-            sys.stderr.write(f"nms_detection: error: {e}\n")
-            sys.exit(2)
-
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            sys.stderr.write(f"nms_detection: error: {e}\n")
-            sys.exit(2)
-
-    app.run(main, flags_parser=parse)
+def predict_command(config):
+    """`--predict=IMAGE --model_dir=RUN`: where the image with its detections was written."""
+    return predict(config.model_dir, config.predict, config.predict_out)
 
 
 EXPERIMENT = runtime.Experiment(
@@ -734,10 +713,7 @@ EXPERIMENT = runtime.Experiment(
     quick={"epochs": 12, "batch_size": 32, "det_scenes": "quick", "det_width": 16,
            "det_map_every": 6, "det_iou_thresholds": ["0.3", "0.5", "0.6", "0.8"],
            "det_soft_sigmas": ["0.25", "1.0"]},
-    datasets=DATASETS)
+    datasets=DATASETS, predict=predict_command)
 
 if __name__ == "__main__":
-    if any(a == "--predict" or a.startswith("--predict=") for a in sys.argv[1:]):
-        _predict_main()
-    else:
-        EXPERIMENT.launch()
+    EXPERIMENT.launch()

@@ -77,9 +77,17 @@ flags.DEFINE_integer(
     "Also checkpoint every this many global steps, mid-epoch; a killed run resumes on the "
     "next batch. Default: at epoch ends only.", lower_bound=1)
 
+flags.DEFINE_string(
+    "predict", None,
+    "Run the trained model in --model_dir on this image and write the picture (experiments "
+    "that support it: caption_attention, nms_detection); trains nothing.")
+flags.DEFINE_string(
+    "predict_out", None, "Where --predict writes its PNG (default: next to the image).")
+
 # Flags whose value does not change a run's numbers: a resumed run may differ in these.
 NON_RESULT_FLAGS = frozenset({"model_dir", "worker_timeout", "log_every_steps",
-                              "steps_per_execution", "checkpoint_every_steps"})
+                              "steps_per_execution", "checkpoint_every_steps", "predict",
+                              "predict_out"})
 
 
 @flags.validator("learning_rate", message="--learning_rate must be a finite number > 0")

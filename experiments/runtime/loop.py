@@ -17,7 +17,6 @@ stops the run and records the step.
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time

@@ -304,11 +304,14 @@ class Experiment:
         defaults: Defaults of shared flags for this topic (e.g. {"epochs": 20}).
         quick: Flag values of the `--quick` preset (flags given explicitly win).
         datasets: The `--dataset` choices; the first is the embedded default.
+        predict: Optional `config -> str`: what `--predict=IMAGE` does instead of training
+            (run the trained model of `--model_dir` on one image); returns lines to print.
     """
 
-    def __init__(self, name, main, *, defaults=None, quick=None, datasets=None):
+    def __init__(self, name, main, *, defaults=None, quick=None, datasets=None, predict=None):
         self.name = name
         self.main = main
+        self.predict = predict
         self.defaults = dict(defaults or {})
         self.quick = dict(quick or {})
         self.datasets = list(datasets or [])
@@ -357,6 +360,9 @@ class Experiment:
             command = " ".join([f"python -m experiments.{self.name}"]
                                + [shlex.quote(a) for a in sys.argv[1:]])
             config = Config(runtime_flags.resolved_flags(self.module))
+            if config.predict:
+                self._predict(config)
+                return
             run = None
             try:
                 run = Run(self.name, config, command)
@@ -377,3 +383,16 @@ class Experiment:
             print_summary(results, run.model_dir)
 
         app.run(main, flags_parser=_parse_flags)
+
+    def _predict(self, config):
+        """`--predict`: the topic's predict function, bad input as one line and exit 2."""
+        try:
+            if self.predict is None:
+                raise ConfigError(f"--predict is not supported by {self.name}")
+            if not config.model_dir:
+                raise ConfigError("--predict needs --model_dir=<a finished run of "
+                                  f"{self.name}>")
+            print(self.predict(config))
+        except ConfigError as e:
+            sys.stderr.write(f"{self.name}: error: {e}\n")
+            sys.exit(2)
