@@ -26,7 +26,7 @@ Runtime:   --quick ~100 s on the shared 2-core dev box (the first 300k tokens, 2
            0.75, 1, shared negatives}, gensim x 3 seeds): not measured end to end, ~1 h on a
            loaded 2-core box; with --study_seeds=1 it took 17 min (4/5 claims confirmed,
            the queen claim refuted for ours and gensim alike).
-Expected:  see .agents/readme_word2vec.md (the embedded corpus is small: analogy accuracy is
+Expected:  README.md, "word2vec" (the embedded corpus is small: analogy accuracy is
            a few percent for gensim and for us).
 """
 

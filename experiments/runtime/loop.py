@@ -344,8 +344,6 @@ class Trainer:
         """
         start_epoch, start_step = self.restore()
         history = self._load_history(start_epoch)
-        if start_epoch < epochs and steps_per_epoch is None:
-            steps_per_epoch = _known_steps(train_data(start_epoch))
         self.model.stop_training = False
         self.callbacks.set_params({"epochs": epochs, "steps": steps_per_epoch, "verbose": 0})
         status, diverged_at = "completed", None
@@ -360,7 +358,10 @@ class Trainer:
                     metric.reset_state()
             self.callbacks.on_epoch_begin(epoch)
             epoch_start = time.perf_counter()
-            step, epoch_status = self._train_epoch(epoch, train_data, skip, steps_per_epoch)
+            # Each epoch's own length: epochs of subsampled or filtered data may differ.
+            dataset = train_data(epoch)
+            epoch_steps = steps_per_epoch or _known_steps(dataset)
+            step, epoch_status = self._train_epoch(dataset, skip, epoch_steps)
             trained_examples += (step - skip) * self.global_batch_size
             if epoch_status == "diverged":
                 status, diverged_at = "diverged", int(self.optimizer.iterations.numpy())
@@ -406,10 +407,9 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------- helpers
-    def _train_epoch(self, epoch, train_data, skip, steps_per_epoch):
+    def _train_epoch(self, dataset, skip, steps_per_epoch):
         """Trains one epoch from batch `skip`. Returns (steps done in the epoch, status)."""
-        make_dataset = (lambda: train_data(epoch).skip(skip)) if skip else (
-            lambda: train_data(epoch))
+        make_dataset = (lambda: dataset.skip(skip)) if skip else (lambda: dataset)
         iterator = iter(inputs.distribute(self.strategy, make_dataset, self.global_batch_size))
         progbar = self._progbar(steps_per_epoch)
         step, window_start = skip, time.perf_counter()
