@@ -16,6 +16,16 @@ current score s_i, then decay every remaining score by the rule of TensorFlow's 
 <= `score_threshold`. `iou_threshold` plays no part in soft-NMS, as in TF. The selected boxes and
 their decayed scores equal `tf.image.non_max_suppression_with_scores` for non-negative scores.
 
+Class-aware NMS (`classes=`, `NonMaxSuppression(class_aware=True)`): per-class NMS in one pass.
+A box is suppressed only by a selected box of its own class (IoU > `iou_threshold` and equal
+class ids; soft-NMS decays only its own class), so the selection is exactly the union of
+independent per-class runs, merged in the one greedy order (score, then index). Pairs of
+different classes are masked out of the IoU test rather than separated by torchvision's
+coordinate offset (`batched_nms`: shift each class by class_id * (span + 1)), which would
+recompute the IoUs on shifted coordinates and could flip a decision in the last bit. One pass
+over all candidates replaces one NMS per (image, class), whose mostly empty classes each paid a
+sort and a selection loop.
+
 How hard NMS is computed (the idea of TF Model Garden's `sorted_non_max_suppression_padded`, with
 a different inner step): the candidates are sorted by `tf.math.top_k` (stable) and processed in
 blocks (by default 1/4 of `max_output_size`, clamped to [32, 512]). Each block is first
@@ -98,22 +108,41 @@ def _self_suppression(iou_gt, alive):
     return keep
 
 
+def _overlapping(boxes_a, classes_a, boxes_b, classes_b, iou_threshold):
+    """bool (b, n, m): IoU > threshold and, when classes are given, the same class."""
+    overlap = pairwise_iou(boxes_a, boxes_b) > iou_threshold
+    if classes_a is None:
+        return overlap
+    return tf.logical_and(overlap, classes_a[:, :, None] == classes_b[:, None, :])
+
+
 def _hard_nms_blocks(
-    state, boxes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block, padded
+    state, boxes, classes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block,
+    padded,
 ):
     """Runs the sorted candidates [state.pos, k) through greedy NMS, block by block.
 
-    state = (pos, count (b,), sel_boxes (b, cap+1, 4), sel_scores, sel_idx); slot `cap` of the
-    selection buffers is a trash slot that absorbs the writes of rejected candidates.
+    state = (pos, count (b,), sel_boxes (b, cap+1, 4), sel_scores, sel_idx[, sel_classes]);
+    slot `cap` of the selection buffers is a trash slot that absorbs the writes of rejected
+    candidates. `classes` (b, N) int32, or a Python int P (multi-class candidates: candidate i
+    is box i % P of class i // P), or None: with classes, only boxes of the same class
+    suppress each other (and `state` carries the selected boxes' classes).
     `top_scores`, `top_idx` (b, k) are the output of `tf.math.top_k`; they are padded here to
     `padded`, a multiple of `block`, so that every block is a full static-size window.
     """
     cap = state[2].shape[1] - 1
     stop = top_scores.shape[1]
     pad = padded - stop
-    sorted_boxes = tf.pad(_gather_rows(boxes, top_idx), [[0, 0], [0, pad], [0, 0]])
+    aware = classes is not None
+    if isinstance(classes, int):
+        # Multi-class candidates laid out class-major: candidate i is box i % N of class i // N.
+        box_idx, cls_idx = top_idx % classes, top_idx // classes
+    else:
+        box_idx, cls_idx = top_idx, (_gather_rows(classes, top_idx) if aware else None)
+    sorted_boxes = tf.pad(_gather_rows(boxes, box_idx), [[0, 0], [0, pad], [0, 0]])
     sorted_scores = tf.pad(top_scores, [[0, 0], [0, pad]], constant_values=-math.inf)
     sorted_idx = tf.pad(top_idx, [[0, 0], [0, pad]])
+    sorted_cls = tf.pad(cls_idx, [[0, 0], [0, pad]]) if aware else None
     batch = tf.shape(sorted_scores)[0]
     lane = tf.range(block)
     batch_ids = tf.tile(tf.range(batch)[:, None], [1, block])
@@ -126,20 +155,27 @@ def _hard_nms_blocks(
     def cond(pos, count, *_):
         return tf.logical_and(pos < stop, tf.reduce_any(active(pos, count)))
 
-    def body(pos, count, sel_boxes, sel_scores, sel_idx):
+    def body(pos, count, sel_boxes, sel_scores, sel_idx, *sel_cls):
         # tf.slice keeps the size static (XLA's dynamic_slice); the inputs are padded to a
         # multiple of `block`, so the window never runs off the end.
         cand_boxes = tf.slice(sorted_boxes, [0, pos, 0], [-1, block, 4])
         cand_scores = tf.slice(sorted_scores, [0, pos], [-1, block])
         cand_idx = tf.slice(sorted_idx, [0, pos], [-1, block])
+        cand_cls = tf.slice(sorted_cls, [0, pos], [-1, block]) if aware else None
+        sel_cls = sel_cls[0] if aware else None
         alive = tf.logical_and(cand_scores > score_threshold, (pos + lane < stop)[None])
         alive = tf.logical_and(alive, active(pos, count)[:, None])
 
         # Suppression by the boxes already selected: a small buffer in one comparison, a large
         # one (block x block) tile at a time over its filled part.
-        if cap <= SINGLE_TILE_MAX:
+        # Class-aware NMS goes tile by tile always: few of the buffer's slots are filled
+        # while the (longer) class-aware candidate lists are scanned (measured on CPU).
+        if cap <= SINGLE_TILE_MAX and not aware:
             overlap = tf.logical_and(
-                pairwise_iou(cand_boxes, sel_boxes[:, :cap]) > iou_threshold,
+                _overlapping(
+                    cand_boxes, cand_cls, sel_boxes[:, :cap],
+                    sel_cls[:, :cap] if aware else None, iou_threshold,
+                ),
                 (tf.range(cap)[None, :] < count[:, None])[:, None, :],
             )
             alive = tf.logical_and(alive, tf.logical_not(tf.reduce_any(overlap, axis=2)))
@@ -148,9 +184,11 @@ def _hard_nms_blocks(
 
             def tile_body(t, alive):
                 tile = tf.slice(sel_boxes, [0, t * block, 0], [-1, block, 4])
+                tile_cls = tf.slice(sel_cls, [0, t * block], [-1, block]) if aware else None
                 tile_valid = (t * block + lane)[None, :] < count[:, None]
                 overlap = tf.logical_and(
-                    pairwise_iou(cand_boxes, tile) > iou_threshold, tile_valid[:, None, :]
+                    _overlapping(cand_boxes, cand_cls, tile, tile_cls, iou_threshold),
+                    tile_valid[:, None, :],
                 )
                 suppressed = tf.reduce_any(overlap, axis=2)
                 return t + 1, tf.logical_and(alive, tf.logical_not(suppressed))
@@ -162,7 +200,9 @@ def _hard_nms_blocks(
             )
 
         def keep_survivors():
-            return _self_suppression(pairwise_iou(cand_boxes, cand_boxes) > iou_threshold, alive)
+            return _self_suppression(
+                _overlapping(cand_boxes, cand_cls, cand_boxes, cand_cls, iou_threshold), alive
+            )
 
         keep = tf.cond(tf.reduce_any(alive), keep_survivors, lambda: alive)
 
@@ -175,16 +215,25 @@ def _hard_nms_blocks(
         sel_scores = tf.tensor_scatter_nd_update(sel_scores, where, cand_scores)
         sel_idx = tf.tensor_scatter_nd_update(sel_idx, where, cand_idx)
         count = count + tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
-        return pos + block, count, sel_boxes, sel_scores, sel_idx
+        if aware:
+            sel_cls = (tf.tensor_scatter_nd_update(sel_cls, where, cand_cls),)
+        else:
+            sel_cls = ()
+        return (pos + block, count, sel_boxes, sel_scores, sel_idx) + sel_cls
 
     return tf.while_loop(cond, body, tuple(state))
 
 
-def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap_padded, cap, padded):
-    """Gaussian soft-NMS by repeated argmax; returns (sel_idx, sel_scores, sel_boxes, count).
+def _soft_nms_loop(
+    boxes, scores, classes, max_out, score_threshold, scale, cap_padded, cap, padded
+):
+    """Gaussian soft-NMS by repeated argmax; returns (sel_idx, sel_scores, count, sel_boxes).
 
     The boxes are padded to `padded` (never-selected -inf scores) so that few sizes compile.
+    With `classes` (b, N) int32, a selected box decays only the scores of its own class.
     """
+    if classes is not None:
+        classes = tf.pad(classes, [[0, 0], [0, padded - classes.shape[1]]])
     boxes = tf.pad(boxes, [[0, 0], [0, padded - boxes.shape[1]], [0, 0]])
     scores = tf.pad(scores, [[0, 0], [0, padded - scores.shape[1]]], constant_values=-math.inf)
     batch = tf.shape(scores)[0]
@@ -208,6 +257,10 @@ def _soft_nms_loop(boxes, scores, max_out, score_threshold, scale, cap_padded, c
         count = count + tf.cast(took, tf.int32)
 
         iou = pairwise_iou(_gather_rows(boxes, pick[:, None]), boxes)[:, 0, :]
+        if classes is not None:
+            # exp(scale * 0 * 0) is exactly 1: other classes keep their scores bit for bit.
+            same = _gather_rows(classes, pick[:, None]) == classes
+            iou = tf.where(same, iou, 0.0)
         # TF's order of operations: exp((scale * iou) * iou), then one multiply per selection.
         decayed = current * tf.exp(scale * iou * iou)
         decayed = tf.where(positions[None, :] == pick[:, None], -math.inf, decayed)
@@ -258,8 +311,8 @@ def _empty_outputs(batch, dtype):
     )
 
 
-def _check_sizes(boxes, max_output_size):
-    num_boxes = boxes.shape[1]
+def _check_sizes(candidates, max_output_size):
+    num_boxes = candidates.shape[1]
     if num_boxes is None:
         raise ValueError("non_max_suppression needs a static number of boxes (boxes.shape[-2]).")
     static_max_out = _static_int(max_output_size)
@@ -271,9 +324,10 @@ def _check_sizes(boxes, max_output_size):
 
 
 def _batched_hard_nms(
-    boxes, scores, max_output_size, iou_threshold, score_threshold, block_size, jit_compile
+    boxes, scores, classes, max_output_size, iou_threshold, score_threshold, block_size,
+    jit_compile,
 ):
-    num_boxes, cap, max_out = _check_sizes(boxes, max_output_size)
+    num_boxes, cap, max_out = _check_sizes(scores, max_output_size)
     batch = tf.shape(scores)[0]
     if cap == 0:
         return _empty_outputs(batch, boxes.dtype)
@@ -292,21 +346,21 @@ def _batched_hard_nms(
     first_k = min(num_boxes, max(block, _round_up(FIRST_STAGE_FACTOR * cap, block)))
     top_scores, top_idx = tf.math.top_k(scores, k=first_k, sorted=True)
     outputs, needs_more, state = run_stage(
-        None, boxes, top_scores, top_idx, *settings, _bucket(first_k, block)
+        None, boxes, classes, top_scores, top_idx, *settings, _bucket(first_k, block)
     )
     if first_k < num_boxes:
 
         def resume():
             all_scores, all_idx = tf.math.top_k(scores, k=num_boxes, sorted=True)
             padded = _bucket(num_boxes, block)
-            return run_stage(state, boxes, all_scores, all_idx, *settings, padded)[0]
+            return run_stage(state, boxes, classes, all_scores, all_idx, *settings, padded)[0]
 
         outputs = tf.cond(needs_more, resume, lambda: outputs)
     return outputs
 
 
 def _hard_nms_stage(
-    state, boxes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block,
+    state, boxes, classes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block,
     cap_padded, cap, padded,
 ):
     """One sorting stage of hard NMS (one XLA program): returns (outputs, needs_more, state)."""
@@ -319,10 +373,13 @@ def _hard_nms_stage(
             tf.zeros([batch, cap_padded + 1], top_scores.dtype),
             tf.zeros([batch, cap_padded + 1], tf.int32),
         )
+        if classes is not None:
+            state += (tf.zeros([batch, cap_padded + 1], tf.int32),)
     state = _hard_nms_blocks(
-        state, boxes, top_scores, top_idx, max_out, iou_threshold, score_threshold, block, padded
+        state, boxes, classes, top_scores, top_idx, max_out, iou_threshold, score_threshold,
+        block, padded,
     )
-    _, count, sel_boxes, sel_scores, sel_idx = state
+    _, count, sel_boxes, sel_scores, sel_idx = state[:5]
     # More candidates may be needed if an image has room and its last sorted score still passes.
     needs_more = tf.reduce_any(
         tf.logical_and(count < max_out, top_scores[:, -1] > score_threshold)
@@ -331,7 +388,9 @@ def _hard_nms_stage(
     return outputs, needs_more, state
 
 
-def _batched_soft_nms(boxes, scores, max_output_size, score_threshold, sigma, jit_compile):
+def _batched_soft_nms(
+    boxes, scores, classes, max_output_size, score_threshold, sigma, jit_compile
+):
     num_boxes, cap, max_out = _check_sizes(boxes, max_output_size)
     batch = tf.shape(scores)[0]
     if cap == 0:
@@ -340,7 +399,7 @@ def _batched_soft_nms(boxes, scores, max_output_size, score_threshold, sigma, ji
     padded = _bucket(num_boxes, 8)
     cap_padded = min(_bucket(cap, 8), padded)
     return _compiled(_soft_nms_loop, jit_compile)(
-        boxes, scores, max_out, score_threshold, scale, cap_padded, cap, padded
+        boxes, scores, classes, max_out, score_threshold, scale, cap_padded, cap, padded
     )
 
 
@@ -353,8 +412,20 @@ def batched_non_max_suppression(
     soft_nms_sigma=0.0,
     block_size=None,
     jit_compile=True,
+    classes=None,
 ):
-    """Per-image NMS over a batch, padded to a fixed size.
+    """Per-image NMS over a batch, padded to a fixed size; class-aware when given `classes`.
+
+    Class-aware NMS (`classes` given) is per-class NMS done as one pass: boxes of different
+    classes never suppress each other (pairs of different classes are masked out of the IoU
+    test, so the IoUs themselves are computed on the original coordinates, bit for bit as in
+    class-agnostic NMS). Greedy NMS decides a box from the higher-scored boxes of its own class
+    only, so the selection is exactly the union of independent per-class NMS runs, in
+    descending score order (equal scores: lower index first), truncated to `max_output_size`.
+    With the candidates laid out class-major (index = class * N + box), that equals
+    `tf.image.combined_non_max_suppression` with `max_output_size_per_class >= max_total_size`.
+    This is torchvision's `batched_nms` without its coordinate offset trick, whose shifted
+    coordinates change the IoUs in their last bits.
 
     Args:
         boxes: float32 `(batch, N, 4)`, `[y1, x1, y2, x2]` (corners in either order). N must be
@@ -370,6 +441,8 @@ def batched_non_max_suppression(
             None picks one from `max_output_size`.
         jit_compile: bool, compile the selection loop with XLA (much faster on CPU; one
             compilation per input shape). The sort always runs outside XLA.
+        classes: optional int `(batch, N)` class ids; boxes suppress (or, in soft-NMS, decay)
+            only boxes of the same class. None: class-agnostic NMS.
 
     Returns:
         A tuple `(indices, scores, valid_counts, boxes)`: int32 `(batch, K)` indices into N,
@@ -379,10 +452,16 @@ def batched_non_max_suppression(
 
     Raises:
         ValueError: On a negative `max_output_size` or `soft_nms_sigma`, an `iou_threshold`
-            outside [0, 1], or an unknown N.
+            outside [0, 1], an unknown N, or `classes` not shaped like `scores`.
     """
     boxes = tf.cast(boxes, tf.float32)
     scores = tf.cast(scores, tf.float32)
+    if classes is not None:
+        classes = tf.cast(classes, tf.int32)
+        if not classes.shape.is_compatible_with(scores.shape):
+            raise ValueError(
+                f"classes must have the shape of scores {scores.shape}, got {classes.shape}."
+            )
     static_iou = _static_float(iou_threshold)
     if static_iou is not None and not 0.0 <= static_iou <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
@@ -393,11 +472,83 @@ def batched_non_max_suppression(
         raise ValueError(f"soft_nms_sigma must be >= 0, got {sigma}.")
     if sigma > 0.0:
         return _batched_soft_nms(
-            boxes, scores, max_output_size, score_threshold, sigma, jit_compile
+            boxes, scores, classes, max_output_size, score_threshold, sigma, jit_compile
         )
     return _batched_hard_nms(
-        boxes, scores, max_output_size, iou_threshold, score_threshold, block_size, jit_compile
+        boxes, scores, classes, max_output_size, iou_threshold, score_threshold, block_size,
+        jit_compile,
     )
+
+
+def multiclass_non_max_suppression(
+    boxes,
+    scores,
+    max_output_size,
+    iou_threshold=0.5,
+    score_threshold=-math.inf,
+    soft_nms_sigma=0.0,
+    block_size=None,
+    jit_compile=True,
+):
+    """Class-wise NMS of multi-class scores, like `tf.image.combined_non_max_suppression`.
+
+    Every (class, box) pair with score > `score_threshold` is a candidate; NMS runs within each
+    class (independent per-class NMS), and the per-class selections are merged by descending
+    score (equal scores: lower class, then lower box index) and truncated to
+    `max_output_size` per image. That is `tf.image.combined_non_max_suppression(boxes[:, :,
+    None], scores, K, K, ...)` with `clip_boxes=False` (K = `max_output_size`), computed as one
+    class-aware pass per image (see `batched_non_max_suppression(classes=...)`) over the
+    candidates laid out class-major, without copying the boxes once per class.
+
+    Args:
+        boxes: float32 `(batch, N, 4)`, `[y1, x1, y2, x2]`, shared by all classes.
+        scores: float32 `(batch, N, C)`, one score per box and class. N and C must be static.
+        max_output_size: int, the most detections kept per image (over all classes).
+        iou_threshold: float in [0, 1], same-class IoU strictly above which a box is
+            suppressed (hard NMS).
+        score_threshold: float, only candidates with score strictly greater are selected.
+        soft_nms_sigma: Python float, Gaussian soft-NMS within each class when > 0.
+        block_size: int or None, hard-NMS tile size (speed only).
+        jit_compile: bool, run the selection loop under XLA (speed only).
+
+    Returns:
+        A tuple `(box_indices, classes, scores, valid_counts, boxes)`: int32 `(batch, K)`
+        indices into N, int32 `(batch, K)` class ids, float `(batch, K)` scores (decayed for
+        soft-NMS), int32 `(batch,)` valid entries per image and float `(batch, K, 4)` boxes,
+        K = min(max_output_size, N * C), in selection order; zero past `valid_counts`.
+
+    Raises:
+        ValueError: As `batched_non_max_suppression`, or if N or C is unknown.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.cast(scores, tf.float32)
+    num_boxes, num_classes = scores.shape[1], scores.shape[2]
+    if num_boxes is None or num_classes is None:
+        raise ValueError(f"multiclass_non_max_suppression needs static N and C, got {scores.shape}.")
+    batch = tf.shape(scores)[0]
+    # Class-major candidates: index c * N + i (so ties go to the lower class, then lower box).
+    flat_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [batch, num_classes * num_boxes])
+    if float(soft_nms_sigma) > 0.0:
+        flat_boxes = tf.reshape(
+            tf.tile(boxes[:, None], [1, num_classes, 1, 1]), [batch, num_classes * num_boxes, 4]
+        )
+        classes = tf.tile(tf.repeat(tf.range(num_classes), num_boxes)[None], [batch, 1])
+        idx, sel, count, sel_boxes = batched_non_max_suppression(
+            flat_boxes, flat_scores, max_output_size, iou_threshold, score_threshold,
+            soft_nms_sigma, block_size, jit_compile, classes=classes,
+        )
+    else:
+        static_iou = _static_float(iou_threshold)
+        if static_iou is not None and not 0.0 <= static_iou <= 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
+        idx, sel, count, sel_boxes = _batched_hard_nms(
+            boxes, flat_scores, num_boxes, max_output_size, tf.cast(iou_threshold, tf.float32),
+            tf.cast(score_threshold, tf.float32), block_size, jit_compile,
+        )
+    valid = tf.range(tf.shape(idx)[1])[None, :] < count[:, None]
+    box_idx = tf.where(valid, idx % num_boxes, 0)
+    classes = tf.where(valid, idx // num_boxes, 0)
+    return box_idx, classes, sel, count, sel_boxes
 
 
 def _static_float(x):
@@ -416,6 +567,7 @@ def non_max_suppression(
     soft_nms_sigma=0.0,
     pad_to_max_output_size=False,
     jit_compile=True,
+    classes=None,
 ):
     """Greedy (or Gaussian soft) NMS of one image's boxes, like `tf.image.non_max_suppression`.
 
@@ -429,6 +581,8 @@ def non_max_suppression(
         pad_to_max_output_size: bool, pad the outputs with zeros to `min(max_output_size, N)`
             (needed inside a caller's `jit_compile=True` function, where shapes are static).
         jit_compile: bool, run the selection loop under XLA (see `batched_non_max_suppression`).
+        classes: optional int `(N,)` class ids: class-aware NMS (per-class NMS in one pass, see
+            `batched_non_max_suppression`). None: class-agnostic.
 
     Returns:
         A tuple `(selected_indices, selected_scores, num_valid)`: int32 indices into `boxes` in
@@ -440,6 +594,7 @@ def non_max_suppression(
     indices, selected_scores, count, _ = batched_non_max_suppression(
         boxes[None], scores[None], max_output_size, iou_threshold, score_threshold,
         soft_nms_sigma, jit_compile=jit_compile,
+        classes=None if classes is None else tf.convert_to_tensor(classes)[None],
     )
     indices, selected_scores, count = indices[0], selected_scores[0], count[0]
     if not pad_to_max_output_size:
@@ -454,6 +609,9 @@ class NonMaxSuppression(keras.layers.Layer):
     Call it on `[boxes, scores]` with boxes `(batch, N, 4)` in `[y1, x1, y2, x2]` and scores
     `(batch, N)`. Each image is suppressed on its own, with exactly the result of
     `tf.image.non_max_suppression` (or `tf.image.non_max_suppression_with_scores` for soft-NMS).
+    With `class_aware=True`, call it on `[boxes, scores, classes]` (int classes `(batch, N)`):
+    only boxes of the same class suppress each other, i.e. per-class NMS in one pass, the
+    selections of all classes merged by descending score (see `batched_non_max_suppression`).
 
     Args:
         max_output_size: int, the most boxes kept per image.
@@ -463,6 +621,7 @@ class NonMaxSuppression(keras.layers.Layer):
         block_size: int or None, tile size of the hard-NMS computation (speed only; None picks
             one from `max_output_size`).
         jit_compile: bool, run the selection loop under XLA (speed only).
+        class_aware: bool, the inputs carry class ids and suppression stays within a class.
         **kwargs: Base layer keyword arguments (`name`, ...).
 
     Returns (from `call`):
@@ -479,6 +638,7 @@ class NonMaxSuppression(keras.layers.Layer):
         soft_nms_sigma=0.0,
         block_size=None,
         jit_compile=True,
+        class_aware=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -496,10 +656,22 @@ class NonMaxSuppression(keras.layers.Layer):
         self.soft_nms_sigma = float(soft_nms_sigma)
         self.block_size = None if block_size is None else int(block_size)
         self.jit_compile = bool(jit_compile)
+        self.class_aware = bool(class_aware)
         self.supports_masking = False
 
+    def _split(self, inputs):
+        inputs = tuple(inputs)
+        expected = 3 if self.class_aware else 2
+        if len(inputs) != expected:
+            names = "[boxes, scores, classes]" if self.class_aware else "[boxes, scores]"
+            raise ValueError(
+                f"NonMaxSuppression(class_aware={self.class_aware}) expects {names}, "
+                f"got {len(inputs)} inputs."
+            )
+        return inputs if self.class_aware else inputs + (None,)
+
     def call(self, inputs):
-        boxes, scores = inputs
+        boxes, scores, classes = self._split(inputs)
         return batched_non_max_suppression(
             boxes,
             scores,
@@ -509,16 +681,17 @@ class NonMaxSuppression(keras.layers.Layer):
             self.soft_nms_sigma,
             self.block_size,
             self.jit_compile,
+            classes=classes,
         )
 
     def compute_output_shape(self, input_shape):
-        boxes_shape, _ = input_shape
+        boxes_shape = input_shape[0]
         batch, num_boxes = boxes_shape[0], boxes_shape[1]
         k = self.max_output_size if num_boxes is None else min(self.max_output_size, num_boxes)
         return (batch, k), (batch, k), (batch,), (batch, k, 4)
 
     def compute_output_spec(self, inputs):
-        boxes, _ = inputs
+        boxes = self._split(inputs)[0]
         shapes = self.compute_output_shape((boxes.shape, None))
         dtypes = ("int32", "float32", "int32", "float32")
         return tuple(keras.KerasTensor(s, dtype=d) for s, d in zip(shapes, dtypes))
@@ -532,5 +705,6 @@ class NonMaxSuppression(keras.layers.Layer):
             soft_nms_sigma=self.soft_nms_sigma,
             block_size=self.block_size,
             jit_compile=self.jit_compile,
+            class_aware=self.class_aware,
         )
         return config

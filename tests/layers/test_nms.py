@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layers.nms import NonMaxSuppression, batched_non_max_suppression, non_max_suppression
+from layers.nms import (
+    NonMaxSuppression,
+    batched_non_max_suppression,
+    multiclass_non_max_suppression,
+    non_max_suppression,
+)
 from tests.layer_testing import run_layer_test
 
 
@@ -273,3 +278,143 @@ def test_traced_max_output_size_and_thresholds():
         expected = _reference(boxes, scores, max_out, thr)
         assert indices.shape == (90,) and int(count) == len(expected)
         np.testing.assert_array_equal(indices.numpy()[: len(expected)], expected)
+
+
+# ----------------------------------------------------------------------------- class-aware NMS
+def _per_class_reference(boxes, scores, classes, max_out, iou, score_thr):
+    """Independent tf.image NMS per class, merged by (score desc, index asc), first max_out."""
+    picked = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        keep = tf.image.non_max_suppression(boxes[idx], scores[idx], max_out, iou, score_thr)
+        picked += [(-scores[idx[j]], idx[j]) for j in keep.numpy()]
+    return np.array([i for _, i in sorted(picked)[:max_out]], dtype=int)
+
+
+@pytest.mark.parametrize("seed,n,kind,num_classes,ties", [
+    (30, 300, "large", 3, False), (31, 400, "small", 5, True), (32, 97, "large", 1, True),
+    (33, 500, "small", 2, False),
+])
+def test_class_aware_equals_per_class_tf_image(seed, n, kind, num_classes, ties):
+    boxes, scores = _case(seed, n, kind)
+    if ties:
+        scores = (np.round(scores * 4) / 4).astype("float32")
+    classes = np.random.default_rng(seed).integers(0, num_classes, size=n)
+    for iou, score_thr, max_out in [(0.5, 0.05, 100), (0.3, -math.inf, n), (0.7, 0.3, 7)]:
+        expected = _per_class_reference(boxes, scores, classes, max_out, iou, score_thr)
+        indices, selected, count = non_max_suppression(
+            boxes, scores, max_out, iou, score_thr, classes=classes
+        )
+        np.testing.assert_array_equal(indices.numpy(), expected)
+        np.testing.assert_array_equal(selected.numpy(), scores[expected])
+        assert int(count) == len(expected)
+
+
+def test_class_aware_never_suppresses_across_classes_and_keeps_iou_at_threshold():
+    # Identical boxes of different classes all survive; within a class, IoU exactly 0.5 is kept
+    # at threshold 0.5 and suppressed just below it.
+    boxes = np.array([[0, 0, 1, 3]] * 3 + [[0, 1, 1, 4], [0, 0, 1, 3]], "float32")
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], "float32")
+    classes = np.array([0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(
+        non_max_suppression(boxes, scores, 10, 0.5, classes=classes)[0], [0, 1, 2, 3]
+    )
+    below = np.nextafter(np.float32(0.5), 0)
+    np.testing.assert_array_equal(
+        non_max_suppression(boxes, scores, 10, below, classes=classes)[0], [0, 1, 2]
+    )
+    np.testing.assert_array_equal(  # class-agnostic: one survivor
+        non_max_suppression(boxes, scores, 10, 0.5)[0], [0, 3]
+    )
+
+
+def _random_detections(seed, batch, n, num_classes, ties=False):
+    rng = np.random.default_rng(seed)
+    boxes = np.stack([_boxes(rng, n, "small") for _ in range(batch)])
+    scores = rng.uniform(size=(batch, n, num_classes)).astype("float32") ** 3
+    if ties:
+        scores = (np.round(scores * 8) / 8).astype("float32")
+    return boxes, scores
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_multiclass_equals_combined_non_max_suppression(ties):
+    # Without exact score ties: equal to TF's combined kernel, order included. With ties, TF's
+    # combined kernel orders equal scores arbitrarily (score-only priority queue and sort), so
+    # the reference is per-class tf.image.non_max_suppression (ties: lower index first) merged
+    # class-major.
+    boxes, scores = _random_detections(40 + ties, 4, 200, 4, ties)
+    ours = tf.function(lambda b, s, k, t: multiclass_non_max_suppression(b, s, k, t, 0.05))
+    for k, iou in [(100, 0.5), (20, 0.3), (300, 0.7)]:
+        box_idx, classes, selected, count, selected_boxes = (
+            t.numpy() for t in ours(boxes, scores, k, iou)
+        )
+        if ties:
+            for i in range(len(count)):
+                flat = scores[i].T.reshape(-1)
+                expected = _per_class_reference(
+                    np.tile(boxes[i], (4, 1)), flat, np.repeat(np.arange(4), 200), k, iou, 0.05
+                )
+                assert count[i] == len(expected)
+                np.testing.assert_array_equal(classes[i, : count[i]], expected // 200)
+                np.testing.assert_array_equal(box_idx[i, : count[i]], expected % 200)
+            continue
+        ref = tf.image.combined_non_max_suppression(
+            boxes[:, :, None], scores, k, k, iou, 0.05, clip_boxes=False
+        )
+        np.testing.assert_array_equal(count, ref.valid_detections.numpy())
+        np.testing.assert_array_equal(selected, ref.nmsed_scores.numpy())
+        np.testing.assert_array_equal(selected_boxes, ref.nmsed_boxes.numpy())
+        np.testing.assert_array_equal(classes, ref.nmsed_classes.numpy().astype(int))
+
+
+def test_multiclass_under_callers_jit_compile():
+    boxes, scores = _random_detections(42, 2, 64, 3)
+    ours = tf.function(lambda b, s: multiclass_non_max_suppression(b, s, 30, 0.5, 0.05),
+                       jit_compile=True)
+    box_idx, classes, selected, count, _ = ours(boxes, scores)
+    ref = tf.image.combined_non_max_suppression(
+        boxes[:, :, None], scores, 30, 30, 0.5, 0.05, clip_boxes=False
+    )
+    np.testing.assert_array_equal(count.numpy(), ref.valid_detections.numpy())
+    np.testing.assert_array_equal(selected.numpy(), ref.nmsed_scores.numpy())
+    np.testing.assert_array_equal(classes.numpy(), ref.nmsed_classes.numpy().astype(int))
+    picked = scores[np.arange(2)[:, None], box_idx.numpy(), classes.numpy()]
+    valid = np.arange(30)[None] < count.numpy()[:, None]
+    np.testing.assert_array_equal(np.where(valid, picked, 0), ref.nmsed_scores.numpy())
+
+
+def test_class_aware_soft_nms_equals_per_class_soft_nms_merged():
+    boxes, scores = _case(43, 150, "large")
+    classes = np.random.default_rng(43).integers(0, 3, size=150)
+    indices, selected, count = non_max_suppression(
+        boxes, scores, 40, 0.5, 0.1, soft_nms_sigma=0.5, classes=classes
+    )
+    picked = []
+    for c in range(3):
+        idx = np.flatnonzero(classes == c)
+        ref_idx, ref_scores = tf.image.non_max_suppression_with_scores(
+            boxes[idx], scores[idx], 40, 0.5, 0.1, 0.5
+        )
+        picked += [(-s, idx[j]) for j, s in zip(ref_idx.numpy(), ref_scores.numpy())]
+    picked = sorted(picked)[:40]
+    assert int(count) == len(picked)
+    np.testing.assert_array_equal(indices.numpy(), [i for _, i in picked])
+    np.testing.assert_allclose(selected.numpy(), [-s for s, _ in picked], atol=1e-6)
+
+
+def test_class_aware_layer_config_and_inputs():
+    boxes, scores = _random_detections(44, 2, 48, 1)
+    scores = scores[..., 0]
+    classes = np.random.default_rng(44).integers(0, 3, size=(2, 48))
+    layer = NonMaxSuppression(10, iou_threshold=0.4, class_aware=True)
+    indices, _, counts, _ = (t.numpy() for t in layer([boxes, scores, classes]))
+    for k in range(2):
+        expected = _per_class_reference(boxes[k], scores[k], classes[k], 10, 0.4, -math.inf)
+        np.testing.assert_array_equal(indices[k, : counts[k]], expected)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert clone.class_aware and clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="classes"):
+        layer([boxes, scores])
+    with pytest.raises(ValueError, match="classes"):
+        batched_non_max_suppression(boxes, scores, 5, classes=classes[:, :10])
