@@ -12,9 +12,10 @@ many overlapping candidates per object, which NMS must reduce to one. Loss per r
 all-reduced sums (FCOS normalises by the positives).
 
 Post-processing (`DetectionPostprocess`, in the exported .keras model): the suite's
-`NonMaxSuppression`, batched; class-wise (one NMS per image and class, then the top
-`max_detections` by score, = tf.image.combined_non_max_suppression) or class-agnostic (each
-cell's best class, one NMS per image: keras-hub's default); Gaussian soft-NMS by sigma.
+`NonMaxSuppression`, batched; class-wise (per-class NMS, then the top `max_detections` by score,
+= tf.image.combined_non_max_suppression; done as one class-aware NMS per image over all
+(cell, class) candidates) or class-agnostic (each cell's best class, one NMS per image:
+keras-hub's default); Gaussian soft-NMS by sigma.
 Evaluation: pycocotools COCOeval (experiments/detection_eval.py), score threshold 0.05.
 Sweeps (post-processing only, on one trained detector's raw test outputs): no NMS, hard NMS
 IoU 0.3..0.8 class-wise and class-agnostic, soft-NMS over sigma; all scenes and the
@@ -41,7 +42,7 @@ from absl import flags
 from experiments import detection_eval
 from experiments import runtime
 from experiments.data import shape_scenes
-from layers.nms import NonMaxSuppression
+from layers.nms import NonMaxSuppression, multiclass_non_max_suppression
 
 STRIDE = 4
 SCORE_THRESHOLD = 0.05  # COCO practice: low, so that mAP sees the recall
@@ -185,8 +186,9 @@ class FCOSDecode(keras.layers.Layer):
 class DetectionPostprocess(keras.layers.Layer):
     """Boxes (B, N, 4) and class scores (B, N, C) -> the final detections, padded to K.
 
-    Modes: no NMS (top K (box, class) pairs by score), class-wise NMS (the suite's
-    `NonMaxSuppression` on each (image, class) as one batch, then the top K by score) or
+    Modes: no NMS (top K (box, class) pairs by score), class-wise NMS (per-class NMS, then the
+    top K by score: the suite's `multiclass_non_max_suppression`, one class-aware pass per image
+    over every (class, box) candidate) or
     class-agnostic NMS (each box's best class, one NMS per image). Returns (boxes (B, K, 4),
     scores (B, K), classes (B, K) int32, num_detections (B,) int32), zero past the count.
     """
@@ -215,15 +217,12 @@ class DetectionPostprocess(keras.layers.Layer):
             best, classes = tf.reduce_max(scores, -1), tf.argmax(scores, -1, output_type=tf.int32)
             idx, sel, count, sel_boxes = self.nms([boxes, best])
             return self._pad(sel_boxes, sel, tf.gather(classes, idx, batch_dims=1), count)
-        per_class_boxes = tf.reshape(tf.tile(boxes[:, None], [1, c, 1, 1]), [-1, n, 4])
-        per_class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, n])
-        _, sel, count, sel_boxes = self.nms([per_class_boxes, per_class_scores])
-        kk = sel.shape[1]
-        valid = tf.range(kk)[None] < count[:, None]
-        sel = tf.reshape(tf.where(valid, sel, -math.inf), [batch, c * kk])
-        top, pick = tf.math.top_k(sel, k=min(k, c * kk))
-        sel_boxes = tf.gather(tf.reshape(sel_boxes, [batch, c * kk, 4]), pick, batch_dims=1)
-        return self._pad(sel_boxes, top, pick // kk)
+        # Class-wise: one class-aware NMS pass per image over every (class, box) candidate:
+        # the per-class NMS runs merged by score (ties: lower class, then lower box), i.e.
+        # tf.image.combined_non_max_suppression's selection.
+        _, classes, sel, count, sel_boxes = multiclass_non_max_suppression(
+            boxes, scores, k, self.iou_threshold, self.score_threshold, self.soft_nms_sigma)
+        return self._pad(sel_boxes, sel, classes, count)
 
     def _pad(self, boxes, scores, classes, count=None):
         """Zeroes everything past the valid detections and pads to max_detections."""
