@@ -1,10 +1,13 @@
 """Helpers for tests that run experiments as real processes."""
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,3 +34,59 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir):
+    """A real `tensorboard` serving `logdir` on 127.0.0.1; yields its base URL."""
+    port = free_port()
+    binary = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen(
+        [binary, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port),
+         "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def post_json(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def poll(fetch, ready, timeout=90):
+    """Calls `fetch()` until `ready(result)` (a server still starting is retried); returns
+    the last result."""
+    deadline, result = time.time() + timeout, None
+    while time.time() < deadline:
+        try:
+            result = fetch()
+            if ready(result):
+                break
+        except OSError:
+            pass
+        time.sleep(1)
+    return result
+
+
+def hparams_session_groups(base_url, col_params, expected_groups):
+    """The HParams plugin's experiment summary and session groups, once it lists them all."""
+    request = {"startIndex": 0, "sliceSize": 1000, "colParams": col_params,
+               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                   "STATUS_RUNNING"]}
+
+    def fetch():
+        return (post_json(f"{base_url}/data/plugin/hparams/experiment", {}),
+                post_json(f"{base_url}/data/plugin/hparams/session_groups", request)
+                .get("sessionGroups", []))
+
+    return poll(fetch, lambda result: len(result[1]) >= expected_groups) or ({}, [])

@@ -2,10 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import keras
 import numpy as np
@@ -14,7 +10,7 @@ import tensorflow as tf
 
 from experiments import dropout_vs_l2 as dvl
 from experiments import runtime
-from tests.experiments.helpers import free_port
+from tests.experiments.helpers import hparams_session_groups, tensorboard_server
 
 X = np.random.default_rng(0).uniform(size=(64, 64)).astype(np.float32)
 
@@ -241,42 +237,13 @@ def test_tiny_sweep_end_to_end(tiny_run):
         assert np.isfinite(record["metrics"][key])
 
 
-def _post_json(url, body):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
-
-
 def test_hparams_plugin_lists_one_session_group_per_configuration(tiny_run):
     model_dir, results = tiny_run
-    port = free_port()
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen(
-        [tensorboard, "--logdir", model_dir, "--host", "127.0.0.1", "--port", str(port),
-         "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    request = {"startIndex": 0, "sliceSize": 100,
-               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                   "STATUS_RUNNING"],
-               "colParams": [{"hparam": "method"}, {"hparam": "train_size"},
-                             {"hparam": "learning_rate"}, {"hparam": "decay"},
-                             {"metric": {"tag": "gap_accuracy"}}]}
-    try:
-        deadline, groups, experiment = time.time() + 90, [], {}
-        while time.time() < deadline:
-            try:
-                experiment = _post_json(f"{base}/data/plugin/hparams/experiment", {})
-                groups = _post_json(f"{base}/data/plugin/hparams/session_groups",
-                                    request).get("sessionGroups", [])
-                if len(groups) >= 11:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tensorboard_server(model_dir) as base:
+        experiment, groups = hparams_session_groups(
+            base, [{"hparam": "method"}, {"hparam": "train_size"}, {"hparam": "learning_rate"},
+                   {"hparam": "decay"}, {"metric": {"tag": "gap_accuracy"}}],
+            expected_groups=11)
     assert len(groups) == 11, groups
     assert all(len(g["sessions"]) == 1 for g in groups)  # one seed per configuration here
     keys = {(g["hparams"]["method"], g["hparams"]["train_size"], g["hparams"]["learning_rate"])

@@ -1,18 +1,13 @@
 """Event files hold the expected tags, and a real TensorBoard serves them on 127.0.0.1."""
 
-import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from tests.experiments.helpers import free_port
+from tests.experiments.helpers import get_json, hparams_session_groups, poll, tensorboard_server
 
 
 def _values(acc, tag):
@@ -43,70 +38,19 @@ def test_event_files_hold_the_expected_tags(softmax_run):
 
 
 def test_tensorboard_serves_the_run_on_localhost(softmax_run):
-    port = free_port()
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen(
-        [tensorboard, "--logdir", softmax_run, "--host", "127.0.0.1", "--port", str(port),
-         "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
-        deadline, tags = time.time() + 90, {}
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    tags = json.load(response)
-                if "train" in tags and "validation" in tags:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        assert "loss" in tags.get("train", {}), tags
-        assert "epoch_accuracy" in tags.get("validation", {}), tags
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _serve(logdir):
-    port = free_port()
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen(
-        [tensorboard, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port),
-         "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return server, f"http://127.0.0.1:{port}"
-
-
-def _post_json(url, body):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+    with tensorboard_server(softmax_run) as base:
+        tags = poll(lambda: get_json(f"{base}/data/plugin/scalars/tags"),
+                    lambda tags: "train" in tags and "validation" in tags) or {}
+    assert "loss" in tags.get("train", {}), tags
+    assert "epoch_accuracy" in tags.get("validation", {}), tags
 
 
 def test_hparams_plugin_lists_one_session_per_sweep_configuration(init_gain_run):
     model_dir, results = init_gain_run
-    server, base = _serve(model_dir)
-    request = {"startIndex": 0, "sliceSize": 100,
-               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                   "STATUS_RUNNING"],
-               "colParams": [{"hparam": "activation"}, {"hparam": "init"},
-                             {"hparam": "depth"},
-                             {"metric": {"tag": "validation_accuracy"}}]}
-    try:
-        deadline, groups, experiment = time.time() + 90, [], {}
-        while time.time() < deadline:
-            try:
-                experiment = _post_json(f"{base}/data/plugin/hparams/experiment", {})
-                groups = _post_json(f"{base}/data/plugin/hparams/session_groups",
-                                    request).get("sessionGroups", [])
-                if len(groups) >= 5:
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tensorboard_server(model_dir) as base:
+        experiment, groups = hparams_session_groups(
+            base, [{"hparam": "activation"}, {"hparam": "init"}, {"hparam": "depth"},
+                   {"metric": {"tag": "validation_accuracy"}}], expected_groups=5)
     trained = {(t["activation"], t["init"]) for t in results["data"]["training"]}
     assert len(groups) == len(trained) == 5, groups
     seen = {(g["hparams"]["activation"], g["hparams"]["init"]) for g in groups}

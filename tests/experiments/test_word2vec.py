@@ -3,10 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -15,7 +11,7 @@ import tensorflow as tf
 from experiments import word2vec
 from experiments.runtime import Trainer
 from optimizers.sgd import SGD
-from tests.experiments.helpers import free_port
+from tests.experiments.helpers import get_json, poll, tensorboard_server
 
 K = 3
 
@@ -101,29 +97,11 @@ def test_projector_files_and_tensorboard_lists_the_tensor(tiny_run):
         assert os.path.exists(os.path.join(projector, name)), name
     with open(os.path.join(projector, "metadata.tsv"), encoding="utf-8") as f:
         assert len(f.read().splitlines()) == 20
-    port = free_port()
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen(
-        [tensorboard, "--logdir", model_dir, "--host", "127.0.0.1", "--port", str(port),
-         "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/data/plugin/projector"
-    try:
-        deadline, runs, info = time.time() + 90, [], {}
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/runs", timeout=5) as response:
-                    runs = json.load(response)
-                if "projector" in runs:
-                    with urllib.request.urlopen(f"{base}/info?run=projector",
-                                                timeout=5) as response:
-                        info = json.load(response)
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tensorboard_server(model_dir) as base:
+        runs = poll(lambda: get_json(f"{base}/data/plugin/projector/runs"),
+                    lambda runs: "projector" in runs) or []
+        info = get_json(f"{base}/data/plugin/projector/info?run=projector") \
+            if "projector" in runs else {}
     assert "projector" in runs, runs
     tensors = {e["tensorName"]: e for e in info["embeddings"]}
     assert tensors["W/.ATTRIBUTES/VARIABLE_VALUE"]["tensorShape"] == [20, 8]
