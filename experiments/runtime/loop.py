@@ -182,8 +182,8 @@ class Trainer:
             if is_chief:
                 self._writers = summaries.Writers(model_dir)
 
-        self._forward_backward = (tf.function(self._loss_and_grads, jit_compile=True)
-                                  if jit_compile else self._loss_and_grads)
+        self._jit_forward_backward = (tf.function(self._loss_and_grads, jit_compile=True)
+                                      if jit_compile else None)
         self._train_execution = tf.function(self._distributed_train_steps)
         self._train_single_step = tf.function(self._distributed_train_step)
         self._eval_execution = tf.function(self._distributed_eval_steps)
@@ -203,6 +203,11 @@ class Trainer:
         return tf.add_n([tf.cast(l, tf.float32) for l in losses])
 
     def _loss_and_grads(self, batch):
+        """Forward and backward of one replica, XLA-compiled (`jit_compile`).
+
+        The global weight needs an all-reduce, which XLA cannot hold, so the gradients of
+        the summed loss and of the regularisers come back separately, to be scaled after.
+        """
         variables = self.model.trainable_variables
         with tf.GradientTape(persistent=bool(self.model.losses)) as tape:
             loss_sum, weight, outputs = self._task_loss(batch, training=True)
@@ -213,19 +218,28 @@ class Trainer:
         return loss_sum, weight, regularization, outputs, data_grads, reg_grads
 
     def _replica_train_step(self, batch):
+        # The objective is loss_sum / W + reg / N (W the global weight, N the replicas): the
+        # optimizer's cross-replica sum of the gradients is then the global-batch gradient.
         ctx = tf.distribute.get_replica_context()
-        loss_sum, weight, regularization, outputs, data_grads, reg_grads = (
-            self._forward_backward(batch))
-        # d/dθ [loss_sum / W + reg / N], W the global weight and N the replicas: the
-        # optimizer's cross-replica sum then is the gradient of the global-batch objective.
-        global_weight = ctx.all_reduce(_SUM, weight)
-        inverse_weight = 1.0 / tf.maximum(global_weight, 1e-12)
-        inverse_replicas = 1.0 / ctx.num_replicas_in_sync
-        grads = [_add(_scale(g, inverse_weight), _scale(r, inverse_replicas))
-                 for g, r in zip(data_grads, reg_grads)]
+        variables = self.model.trainable_variables
+        if self._jit_forward_backward is not None:
+            loss_sum, weight, regularization, outputs, data_grads, reg_grads = (
+                self._jit_forward_backward(batch))
+            inverse_weight = 1.0 / tf.maximum(ctx.all_reduce(_SUM, weight), 1e-12)
+            grads = [_add(_scale(g, inverse_weight), _scale(r, 1.0 / ctx.num_replicas_in_sync))
+                     for g, r in zip(data_grads, reg_grads)]
+        else:
+            # The same ops as tf.nn.compute_average_loss and scale_regularization_loss.
+            with tf.GradientTape() as tape:
+                loss_sum, weight, outputs = self._task_loss(batch, training=True)
+                objective = tf.math.divide_no_nan(loss_sum, ctx.all_reduce(_SUM, weight))
+                regularization = self._regularization()
+                if self.model.losses:
+                    objective += tf.nn.scale_regularization_loss(regularization)
+            grads = tape.gradient(objective, variables)
         if self.clip_norm:
             grads = clip_by_global_norm_across_replicas(grads, self.clip_norm)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, variables))
         self.task.update_metrics(self.metrics, batch, outputs)
         return loss_sum, weight, regularization
 
