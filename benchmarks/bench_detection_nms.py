@@ -17,10 +17,11 @@ selected boxes, scores and classes are checked identical to tf.image's.
 
 import importlib.util
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
+
+from benchmarks.bench_nms import paired_median_ms
 
 
 def _raw_candidates(path):
@@ -36,19 +37,6 @@ def _raw_candidates(path):
                                  det_width=16, det_iou_thresholds=["0.5"], det_soft_sigmas=[])
         data = np.load(f"{tmp}/raw_outputs.npz")
         return data["boxes"], data["scores"], "tiny detector trained inline (3 epochs)"
-
-
-def _median_ms(fns, args, repeats):
-    for fn in fns:
-        for _ in range(2):
-            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-            bucket.append(time.perf_counter() - start)
-    return [1e3 * float(np.median(t)) for t in times]
 
 
 def run(quick=False, raw=None):
@@ -70,7 +58,7 @@ def run(quick=False, raw=None):
                      and np.array_equal(mine[0].numpy(), ref.nmsed_boxes.numpy())
                      and np.array_equal(mine[1].numpy(), ref.nmsed_scores.numpy())
                      and np.array_equal(mine[2].numpy(), ref.nmsed_classes.numpy().astype(int)))
-        ours_ms, tf_ms = _median_ms([ours, tf_image], (b, s), 5 if quick else 20)
+        ours_ms, tf_ms = paired_median_ms([ours, tf_image], (b, s), 5 if quick else 20)
         rows.append({"batch": int(b.shape[0]), "candidates/image": boxes.shape[1] * num_classes,
                      "ours_ms": ours_ms, "tf_image_ms": tf_ms, "ratio": ours_ms / tf_ms,
                      "identical": identical,

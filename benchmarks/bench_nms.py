@@ -26,7 +26,7 @@ def _uniform_boxes(n, seed=0, batch=None):
     return tf.constant(boxes), tf.constant(rng.uniform(size=shape).astype("float32"))
 
 
-def _paired_median_ms(fns, args, repeats):
+def paired_median_ms(fns, args, repeats):
     """Median wall time (ms) of each fn, calls interleaved so load drift hits all alike."""
     for fn in fns:
         for _ in range(2):
@@ -64,7 +64,7 @@ def run(quick: bool = False) -> list[dict]:
             ours_idx, peer_idx = ours(boxes, scores).numpy(), peer(boxes, scores).numpy()
             if not np.array_equal(ours_idx, peer_idx):
                 raise AssertionError(f"NMS selections differ at N={n}, max_output_size={max_out}")
-            ours_ms, peer_ms = _paired_median_ms([ours, peer], (boxes, scores), repeats)
+            ours_ms, peer_ms = paired_median_ms([ours, peer], (boxes, scores), repeats)
             rows.append(
                 _row(
                     f"hard NMS N={n} max_out={max_out} ({len(peer_idx)} kept)",
@@ -79,7 +79,7 @@ def run(quick: bool = False) -> list[dict]:
     peer = tf.function(
         lambda b, s: tf.image.non_max_suppression_with_scores(b, s, 100, 0.5, 0.0, 0.5)
     )
-    ours_ms, peer_ms = _paired_median_ms([ours, peer], (boxes, scores), repeats)
+    ours_ms, peer_ms = paired_median_ms([ours, peer], (boxes, scores), repeats)
     rows.append(
         _row("soft-NMS sigma=0.5 N=1000 max_out=100", ours_ms,
              "tf.image.non_max_suppression_with_scores", peer_ms, 1.0)
@@ -98,7 +98,7 @@ def run(quick: bool = False) -> list[dict]:
             b[:, :, None, :], s[:, :, None], max_out, max_out, 0.5, clip_boxes=False
         )[:3]
 
-    ours_ms, loop_ms, combined_ms = _paired_median_ms(
+    ours_ms, loop_ms, combined_ms = paired_median_ms(
         [ours, tf.function(per_image_loop), tf.function(combined)], (boxes, scores), repeats
     )
     name = f"batched layer batch={batch} N={n} max_out={max_out}"
