@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from callbacks.layer_statistics import LayerStatistics, activation_name, layer_statistics
+from callbacks.layer_statistics import (
+    LayerStatistics, activation_name, layer_statistics, write_histogram,
+)
 from tests.callbacks.tensorboard_events import read_tensors, scalars
 
 RNG = np.random.default_rng(0)
@@ -232,3 +234,22 @@ def test_callback_under_mirrored_strategy(tmp_path, mirrored_two_cpus):
     assert sorted(written) == [0, 2, 4]
     final = layer_statistics(model, X, Y, "mse")
     np.testing.assert_allclose(written[4], final["hidden_1"]["gradient_norm"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("values", [
+    RNG.normal(size=(64, 33)),                       # many distinct values
+    np.array([0.0, 0.0, 1.0, 2.5, 2.5, 2.5, -7.0]),   # ties on bucket edges and the max
+    np.full((5, 4), 0.25),                           # a single value: zero-width buckets
+    np.zeros((0,)),                                  # no data
+])
+def test_histogram_buckets_match_tensorboard(tmp_path, values):
+    """NumPy buckets written by `write_histogram` equal what `tf.summary.histogram` writes."""
+    with tf.summary.create_file_writer(str(tmp_path)).as_default():
+        tf.summary.histogram("reference", values, step=3)
+        write_histogram("ours", values, step=3)
+    events = read_tensors(tmp_path)
+    (step, ours), = events["ours"]
+    (_, reference), = events["reference"]
+    assert step == 3 and ours.shape == reference.shape == (30, 3)
+    np.testing.assert_array_equal(ours[:, 2], reference[:, 2])  # counts exactly
+    np.testing.assert_allclose(ours[:, :2], reference[:, :2], rtol=1e-12, atol=0)
