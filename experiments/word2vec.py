@@ -143,7 +143,7 @@ class SkipGramTask(runtime.Task):
             end_learning_rate=self.min_alpha * self.batch, power=1.0)
 
     def build_optimizer(self):
-        return SGD(learning_rate=self.schedule())
+        return SGD(learning_rate=self.schedule(), jit_sparse_updates=True)
 
     def compute_loss(self, model, batch, training):
         target, context, negatives = batch["target"], batch["context"], batch["negatives"]
@@ -228,7 +228,7 @@ def train_sgns(run, corpus, model_dir, *, seed, noise_exponent, shared_negatives
                         seed=seed)
     report = EpochReport(os.path.join(model_dir, "word2vec"), pipeline, corpus.vocab.words,
                          c.batch_size, evaluate)
-    trainer = run.trainer(task, model_dir=model_dir,
+    trainer = run.trainer(task, model_dir=model_dir, jit_update=True,
                           callbacks=[report] if run.is_chief else [])
     result = trainer.fit(lambda epoch: pipeline.dataset(epoch, c.batch_size), epochs)
     return trainer.model, result, report.rows, pipeline

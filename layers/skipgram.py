@@ -183,8 +183,11 @@ class NegativeSampler:
         if (self.probabilities[positives] >= 1.0).any():
             raise ValueError("A positive holds all the probability mass; cannot exclude it.")
         negatives = self._draw((positives.shape[0], num_negatives))
-        clash = negatives == positives
-        while clash.any():
-            negatives[clash] = self._draw(int(clash.sum()))
-            clash = negatives == positives
+        # Redraw the clashes until none is left. Only the clashing positions are revisited
+        # (in row-major order, so the draws are those of re-scanning the whole array).
+        flat = negatives.reshape(-1)
+        clash = np.flatnonzero(flat == np.repeat(positives[:, 0], num_negatives))
+        while clash.size:
+            flat[clash] = self._draw(clash.size)
+            clash = clash[flat[clash] == positives[clash // num_negatives, 0]]
         return negatives
