@@ -223,6 +223,9 @@ class DetectionPostprocess(keras.layers.Layer):
         # tf.image.combined_non_max_suppression's selection.
         _, classes, sel, count, sel_boxes = multiclass_non_max_suppression(
             boxes, scores, k, self.iou_threshold, self.score_threshold, self.soft_nms_sigma)
+        if sel.shape[1] == k and not self.soft_nms_sigma:
+            # Already K wide, zero past the count, every score > the threshold: _pad's no-op.
+            return sel_boxes, sel, classes, count
         return self._pad(sel_boxes, sel, classes, count)
 
     def _pad(self, boxes, scores, classes, count=None):

@@ -40,6 +40,16 @@ Selection stops as soon as `max_output_size` boxes are kept, and only the top
 `2 * max_output_size` scores are sorted until more are needed: top_k is stable, so that prefix is
 the full sort's prefix and a second stage resumes where the first stopped.
 
+Class-wise NMS of multi-class scores (`multiclass_non_max_suppression`, hard NMS) has its own
+path, written for a detector's outputs (N boxes x C classes, most scores far below the score
+threshold): the boxes with no class over the threshold are compacted away (they can neither be
+selected nor suppress), then one loop per batch selects, per image, the best live (class, box)
+candidate, writes it out and suppresses the boxes of its class with IoU over the threshold
+against it: C++'s greedy order without any sort (argmax-and-suppress gives the same selection
+as greedy NMS over sorted candidates), at most `max_output_size` steps, each O(live boxes).
+The compacted width is a power of two (so few shapes compile); a caller's XLA program skips
+the compaction.
+
 Every shape is static. By default each stage's selection loop is one XLA program (`jit_compile`),
 which cuts the loop overheads that dominate on CPU; the sort stays outside XLA, whose CPU sort is
 several times slower (inside a caller's `jit_compile=True` function it cannot, so large N is
@@ -124,8 +134,7 @@ def _hard_nms_blocks(
 
     state = (pos, count (b,), sel_boxes (b, cap+1, 4), sel_scores, sel_idx[, sel_classes]);
     slot `cap` of the selection buffers is a trash slot that absorbs the writes of rejected
-    candidates. `classes` (b, N) int32, or a Python int P (multi-class candidates: candidate i
-    is box i % P of class i // P), or None: with classes, only boxes of the same class
+    candidates. `classes` (b, N) int32 or None: with classes, only boxes of the same class
     suppress each other (and `state` carries the selected boxes' classes).
     `top_scores`, `top_idx` (b, k) are the output of `tf.math.top_k`; they are padded here to
     `padded`, a multiple of `block`, so that every block is a full static-size window.
@@ -134,11 +143,7 @@ def _hard_nms_blocks(
     stop = top_scores.shape[1]
     pad = padded - stop
     aware = classes is not None
-    if isinstance(classes, int):
-        # Multi-class candidates laid out class-major: candidate i is box i % N of class i // N.
-        box_idx, cls_idx = top_idx % classes, top_idx // classes
-    else:
-        box_idx, cls_idx = top_idx, (_gather_rows(classes, top_idx) if aware else None)
+    box_idx, cls_idx = top_idx, (_gather_rows(classes, top_idx) if aware else None)
     sorted_boxes = tf.pad(_gather_rows(boxes, box_idx), [[0, 0], [0, pad], [0, 0]])
     sorted_scores = tf.pad(top_scores, [[0, 0], [0, pad]], constant_values=-math.inf)
     sorted_idx = tf.pad(top_idx, [[0, 0], [0, pad]])
@@ -285,6 +290,8 @@ def _soft_nms_loop(
 _COMPILED = {}
 # The first sorting stage takes the top FIRST_STAGE_FACTOR * max_output_size scores.
 FIRST_STAGE_FACTOR = 2
+# multiclass_non_max_suppression splits a batch this large (static) into two parallel halves.
+PARALLEL_MIN_BATCH = 128
 # A selection buffer up to this size is compared with each block in one piece, without a loop.
 SINGLE_TILE_MAX = 256
 
@@ -480,6 +487,110 @@ def batched_non_max_suppression(
     )
 
 
+def _live_cells(boxes, scores, score_threshold, width):
+    """Compacts each image's boxes to those with some class score > threshold (in index order).
+
+    Returns (src (b, width) int32 original box index, boxes (b, width, 4), scores (b, width, C)
+    with -inf in the unused slots). A box none of whose classes passes the threshold can be
+    neither selected nor (since only selected boxes suppress) suppress another, so dropping
+    it changes no selection; keeping the order keeps the tie-break by box index.
+    """
+    batch, num_boxes = tf.shape(scores)[0], tf.shape(scores)[1]
+    live = tf.reduce_any(scores > score_threshold, axis=2)
+    # Slot of each live box = its rank among the live boxes; dead boxes go to a trash slot.
+    slot = tf.where(live, tf.cumsum(tf.cast(live, tf.int32), axis=1) - 1, width)
+    slot += (width + 1) * tf.range(batch)[:, None]
+    positions = tf.broadcast_to(tf.range(num_boxes)[None], tf.shape(live))
+    src = tf.math.unsorted_segment_max(positions, slot, batch * (width + 1))
+    src = tf.reshape(src, [batch, width + 1])[:, :width]
+    filled = tf.range(width)[None] < tf.reduce_sum(tf.cast(live, tf.int32), axis=1)[:, None]
+    src = tf.where(filled, src, 0)
+    scores = tf.where(filled[..., None], _gather_rows(scores, src), -math.inf)
+    return src, _gather_rows(boxes, src), scores
+
+
+def _best_in_rows(values):
+    """Max over the last axis and the lowest index where it occurs."""
+    size = tf.shape(values)[-1]
+    best = tf.reduce_max(values, axis=-1)
+    at = tf.reduce_min(tf.where(values == best[..., None], tf.range(size), size), axis=-1)
+    return best, tf.minimum(at, size - 1)
+
+
+def _multiclass_greedy(
+    boxes, scores, width_marker, max_out, iou_threshold, score_threshold, cap
+):
+    """Class-wise greedy NMS in global score order (one XLA program): see
+    `multiclass_non_max_suppression`. `width_marker` is a (W,) tensor whose length W is the
+    number of boxes kept after compacting the live ones (a compile-time constant under XLA).
+    """
+    batch, num_classes = tf.shape(scores)[0], scores.shape[2]
+    src, boxes, scores = _live_cells(boxes, scores, score_threshold, tf.shape(width_marker)[0])
+    width = tf.shape(boxes)[1]
+    # Per box, the extents and area of `layers.boxes.pairwise_iou`, computed once: the IoU
+    # below repeats its float32 operations one for one (bit-identical to TF's kernel).
+    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    ymin, xmin = tf.minimum(y1, y2), tf.minimum(x1, x2)
+    ymax, xmax = tf.maximum(y1, y2), tf.maximum(x1, x2)
+    area = (ymax - ymin) * (xmax - xmin)
+    # current[b, c, i]: score of box i in class c while it is a live candidate, else -inf.
+    current = tf.transpose(scores, [0, 2, 1])
+    current = tf.where(current > score_threshold, current, -math.inf)
+    row_best, row_at = _best_in_rows(current)  # (b, C): each class's next candidate
+    images, class_ids, lanes = tf.range(batch), tf.range(num_classes), tf.range(width)
+
+    def cond(step, current, row_best, *_):
+        return tf.logical_and(step < max_out, tf.reduce_any(row_best > -math.inf))
+
+    def body(step, current, row_best, row_at, sel_idx, sel_cls, sel_scores, count):
+        # The image's best candidate over all classes (ties: lower class, then lower box).
+        best = tf.reduce_max(row_best, axis=1)
+        cls = tf.reduce_min(tf.where(row_best == best[:, None], class_ids, num_classes), axis=1)
+        cls = tf.minimum(cls, num_classes - 1)
+        took = best > -math.inf
+        row = tf.stack([images, cls], axis=-1)
+        pick = tf.gather_nd(row_at, row)
+        write = tf.stack([images, tf.where(took, step, cap)], axis=-1)
+        sel_idx = tf.tensor_scatter_nd_update(sel_idx, write, pick)
+        sel_cls = tf.tensor_scatter_nd_update(sel_cls, write, cls)
+        sel_scores = tf.tensor_scatter_nd_update(sel_scores, write, best)
+        count += tf.cast(took, tf.int32)
+        # It suppresses the boxes of its own class with IoU > threshold (and leaves the list).
+        a = [tf.gather(t, pick, batch_dims=1)[:, None] for t in (ymin, xmin, ymax, xmax, area)]
+        inter_h = tf.maximum(tf.minimum(a[2], ymax) - tf.maximum(a[0], ymin), 0.0)
+        inter_w = tf.maximum(tf.minimum(a[3], xmax) - tf.maximum(a[1], xmin), 0.0)
+        inter = inter_h * inter_w
+        union = (a[4] + area) - inter
+        valid = tf.logical_and(a[4] > 0.0, area > 0.0)
+        iou = tf.where(valid, inter / tf.where(valid, union, 1.0), 0.0)
+        gone = tf.logical_or(iou > iou_threshold, lanes[None] == pick[:, None])
+        scores_c = tf.where(gone, -math.inf, tf.gather_nd(current, row))
+        current = tf.tensor_scatter_nd_update(current, row, scores_c)
+        new_best, new_at = _best_in_rows(scores_c)
+        row_best = tf.tensor_scatter_nd_update(row_best, row, new_best)
+        row_at = tf.tensor_scatter_nd_update(row_at, row, new_at)
+        return step + 1, current, row_best, row_at, sel_idx, sel_cls, sel_scores, count
+
+    buffer = lambda dtype: tf.zeros([batch, cap + 1], dtype)  # noqa: E731 (slot cap: trash)
+    state = (tf.constant(0), current, row_best, row_at, buffer(tf.int32), buffer(tf.int32),
+             buffer(scores.dtype), tf.zeros([batch], tf.int32))
+    *_, sel_idx, sel_cls, sel_scores, count = tf.while_loop(cond, body, state)
+    valid = tf.range(cap)[None] < count[:, None]
+    sel_idx, sel_cls, sel_scores = sel_idx[:, :cap], sel_cls[:, :cap], sel_scores[:, :cap]
+    sel_boxes = tf.where(valid[..., None], _gather_rows(boxes, sel_idx), 0.0)
+    box_idx = tf.where(valid, _gather_rows(src, sel_idx), 0)
+    return box_idx, sel_cls, sel_scores, count, sel_boxes
+
+
+def _in_xla_context():
+    try:
+        from tensorflow.python.ops import control_flow_util
+
+        return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    except (ImportError, AttributeError):  # pragma: no cover - private TF API moved
+        return True
+
+
 def multiclass_non_max_suppression(
     boxes,
     scores,
@@ -496,9 +607,11 @@ def multiclass_non_max_suppression(
     class (independent per-class NMS), and the per-class selections are merged by descending
     score (equal scores: lower class, then lower box index) and truncated to
     `max_output_size` per image. That is `tf.image.combined_non_max_suppression(boxes[:, :,
-    None], scores, K, K, ...)` with `clip_boxes=False` (K = `max_output_size`), computed as one
-    class-aware pass per image (see `batched_non_max_suppression(classes=...)`) over the
-    candidates laid out class-major, without copying the boxes once per class.
+    None], scores, K, K, ...)` with `clip_boxes=False` (K = `max_output_size`). Hard NMS: the
+    boxes with no class score over the threshold are compacted away, then each step takes each
+    image's best remaining (class, box) candidate and suppresses its class's overlapping boxes
+    (no sort; see the module docstring). Soft-NMS: one class-aware pass per image (see
+    `batched_non_max_suppression(classes=...)`) over the candidates laid out class-major.
 
     Args:
         boxes: float32 `(batch, N, 4)`, `[y1, x1, y2, x2]`, shared by all classes.
@@ -526,9 +639,11 @@ def multiclass_non_max_suppression(
     if num_boxes is None or num_classes is None:
         raise ValueError(f"multiclass_non_max_suppression needs static N and C, got {scores.shape}.")
     batch = tf.shape(scores)[0]
-    # Class-major candidates: index c * N + i (so ties go to the lower class, then lower box).
-    flat_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [batch, num_classes * num_boxes])
     if float(soft_nms_sigma) > 0.0:
+        # Class-major candidates: index c * N + i (ties: lower class, then lower box).
+        flat_scores = tf.reshape(
+            tf.transpose(scores, [0, 2, 1]), [batch, num_classes * num_boxes]
+        )
         flat_boxes = tf.reshape(
             tf.tile(boxes[:, None], [1, num_classes, 1, 1]), [batch, num_classes * num_boxes, 4]
         )
@@ -537,18 +652,49 @@ def multiclass_non_max_suppression(
             flat_boxes, flat_scores, max_output_size, iou_threshold, score_threshold,
             soft_nms_sigma, block_size, jit_compile, classes=classes,
         )
-    else:
-        static_iou = _static_float(iou_threshold)
-        if static_iou is not None and not 0.0 <= static_iou <= 1.0:
-            raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
-        idx, sel, count, sel_boxes = _batched_hard_nms(
-            boxes, flat_scores, num_boxes, max_output_size, tf.cast(iou_threshold, tf.float32),
-            tf.cast(score_threshold, tf.float32), block_size, jit_compile,
-        )
-    valid = tf.range(tf.shape(idx)[1])[None, :] < count[:, None]
-    box_idx = tf.where(valid, idx % num_boxes, 0)
-    classes = tf.where(valid, idx // num_boxes, 0)
-    return box_idx, classes, sel, count, sel_boxes
+        valid = tf.range(tf.shape(idx)[1])[None, :] < count[:, None]
+        box_idx = tf.where(valid, idx % num_boxes, 0)
+        classes = tf.where(valid, idx // num_boxes, 0)
+        return box_idx, classes, sel, count, sel_boxes
+    static_iou = _static_float(iou_threshold)
+    if static_iou is not None and not 0.0 <= static_iou <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
+    num_candidates = num_boxes * num_classes
+    static_max_out = _static_int(max_output_size)
+    if static_max_out is not None and static_max_out < 0:
+        raise ValueError(f"max_output_size must be >= 0, got {static_max_out}.")
+    cap = num_candidates if static_max_out is None else min(static_max_out, num_candidates)
+    if cap == 0:
+        zeros = tf.zeros([batch, 0], tf.int32)
+        return zeros, zeros, tf.zeros([batch, 0]), tf.zeros([batch], tf.int32), tf.zeros(
+            [batch, 0, 4])
+    max_out = tf.minimum(tf.cast(max_output_size, tf.int32), num_candidates)
+    score_threshold = tf.cast(score_threshold, tf.float32)
+    iou_threshold = tf.cast(iou_threshold, tf.float32)
+    run = _compiled(_multiclass_greedy, jit_compile)
+    if jit_compile and _in_xla_context():
+        # Inside a caller's XLA program every shape must be static: no compaction.
+        return run(boxes, scores, tf.zeros([num_boxes]), max_out, iou_threshold,
+                   score_threshold, cap)
+
+    def shard(boxes, scores):
+        # Compact to the boxes with a class over the threshold (most of a trained detector's
+        # are far below it), padded to a power of two (>= 16) so that few shapes compile.
+        live = tf.reduce_sum(tf.cast(tf.reduce_any(scores > score_threshold, 2), tf.int32), 1)
+        sizes = tf.constant(sorted({num_boxes} | {16 << i for i in range(32)
+                                                  if (16 << i) < num_boxes}))
+        width = tf.reduce_min(tf.where(sizes >= tf.reduce_max(live), sizes, num_boxes))
+        return run(boxes, scores, tf.zeros([width]), max_out, iou_threshold, score_threshold,
+                   cap)
+
+    static_batch = scores.shape[0]
+    if static_batch is None or static_batch < PARALLEL_MIN_BATCH:
+        return shard(boxes, scores)
+    # Large batches: two independent halves, which TensorFlow runs on two threads (each
+    # selection loop is one single-threaded XLA program; TF's C++ kernel shards too).
+    half = static_batch // 2
+    parts = shard(boxes[:half], scores[:half]), shard(boxes[half:], scores[half:])
+    return tuple(tf.concat(pair, axis=0) for pair in zip(*parts))
 
 
 def _static_float(x):

@@ -13,6 +13,7 @@ from layers.nms import (
     multiclass_non_max_suppression,
     non_max_suppression,
 )
+from layers import nms as nms_module
 from tests.layer_testing import run_layer_test
 
 
@@ -418,3 +419,64 @@ def test_class_aware_layer_config_and_inputs():
         layer([boxes, scores])
     with pytest.raises(ValueError, match="classes"):
         batched_non_max_suppression(boxes, scores, 5, classes=classes[:, :10])
+
+
+def _sparse_detections(seed, batch, n, num_classes, live_counts):
+    """Detector-like candidates: per image only `live_counts[i]` boxes have some class score
+    above 0.05 (clustered, overlapping boxes), the rest far below it."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.2, 0.8, size=(batch, 4, 2))
+    which = rng.integers(0, 4, size=(batch, n))
+    yx = centres[np.arange(batch)[:, None], which] + rng.normal(0, 0.03, size=(batch, n, 2))
+    hw = rng.uniform(0.05, 0.25, size=(batch, n, 2))
+    boxes = np.concatenate([yx - hw / 2, yx + hw / 2], -1).astype("float32")
+    scores = rng.uniform(0.0, 0.04, size=(batch, n, num_classes))
+    for i, live in enumerate(live_counts):
+        cells = rng.choice(n, size=live, replace=False)
+        cls = rng.integers(0, num_classes, size=live)
+        scores[i, cells, cls] = rng.uniform(0.05, 1.0, size=live) ** 2 + 0.0501
+    return boxes, scores.astype("float32")
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_multiclass_compaction_keeps_every_box_tf_image_keeps(jit_compile, monkeypatch):
+    # Live counts straddle the compaction widths (16, 32, 64, N = 100): an image with no live
+    # box, exactly 16, 17, 32, 33 and all 100; each batch compacts to its own width (16, 64,
+    # 100). Without
+    # XLA, batches are also split in two parallel halves (as large batches are), each
+    # compacted to its own width.
+    if not jit_compile:
+        monkeypatch.setattr(nms_module, "PARALLEL_MIN_BATCH", 2)
+    ours = tf.function(
+        lambda b, s, k, t: multiclass_non_max_suppression(b, s, k, t, 0.05, jit_compile=jit_compile)
+    )
+    for seed, live_counts in enumerate([(0, 16, 3), (17, 32, 33), (100, 2, 40)]):
+        boxes, scores = _sparse_detections(50 + seed, len(live_counts), 100, 4, live_counts)
+        for k, iou in [(7, 0.3), (400, 0.5), (400, 0.7)][seed % 2:]:
+            box_idx, classes, selected, count, selected_boxes = (
+                t.numpy() for t in ours(boxes, scores, k, tf.constant(iou))
+            )
+            ref = tf.image.combined_non_max_suppression(
+                boxes[:, :, None], scores, k, k, iou, 0.05, clip_boxes=False
+            )
+            np.testing.assert_array_equal(count, ref.valid_detections.numpy())
+            np.testing.assert_array_equal(selected, ref.nmsed_scores.numpy())
+            np.testing.assert_array_equal(selected_boxes, ref.nmsed_boxes.numpy())
+            np.testing.assert_array_equal(classes, ref.nmsed_classes.numpy().astype(int))
+            picked = scores[np.arange(len(count))[:, None], box_idx, classes]
+            valid = np.arange(box_idx.shape[1])[None] < count[:, None]
+            np.testing.assert_array_equal(np.where(valid, picked, 0), selected)
+
+
+def test_live_cells_compaction_keeps_live_boxes_in_order():
+    from layers.nms import _live_cells
+
+    boxes, scores = _sparse_detections(60, 3, 40, 3, (0, 5, 16))
+    src, kept_boxes, kept_scores = (t.numpy() for t in _live_cells(
+        tf.constant(boxes), tf.constant(scores), tf.constant(0.05), 16))
+    for i in range(3):
+        live = np.flatnonzero((scores[i] > 0.05).any(-1))
+        np.testing.assert_array_equal(src[i, : len(live)], live)
+        np.testing.assert_array_equal(kept_boxes[i, : len(live)], boxes[i, live])
+        np.testing.assert_array_equal(kept_scores[i, : len(live)], scores[i, live])
+        assert np.all(kept_scores[i, len(live):] == -np.inf)
