@@ -1,7 +1,8 @@
 """Image captioning with soft attention, Show-Attend-Tell style, on shape scenes.
 
-A small CNN (the suite's ResidualBlocks, from scratch) turns a 64 px scene into 8 x 8 = 64
-region features; an LSTM decoder (layers.recurrent.LSTMCell) attends over them with
+A small CNN (the suite's ResidualBlocks, from scratch) turns a scene, resized from 64 to 48 px
+(--caption_scene_size; 0 keeps 64 px), into 6 x 6 = 36 region features (8 x 8 at 64 px); an
+LSTM decoder (layers.recurrent.LSTMCell) attends over them with
 AdditiveAttention (Bahdanau; --attention=dot for DotProductAttention) and is trained with
 teacher forcing on the per-token cross-entropy over the real tokens of the global batch plus
 Xu et al.'s doubly stochastic penalty lambda * sum_i (1 - sum_t alpha_ti)^2 (--attention_reg,
@@ -19,9 +20,20 @@ Claims (Xu et al. 2015; Liu et al. 2017), rules fixed before any number was seen
 Command:   python -m experiments.caption_attention [--quick] [--attention=dot]
            [--attention_reg=0,1] [--beam_size=3] [--dataset=coco_captions --data_dir=...]
            python -m experiments.caption_attention --predict=image.png --model_dir=RUN
-Runtime:   --quick (1500 training scenes, 1 seed, 3 trainings x 4 epochs): 208 CPU-s, 4.3 min
-           wall on 2 CPU cores at load ~4 (over the 2-minute target); full (8000 scenes,
-           3 seeds x 3 configurations) not measured yet, a long CPU run.
+Runtime:   --quick ("quick" scenes 1500 / 300 / 300 / 300 at 48 px, 1 seed, 3 trainings x 2
+           epochs, two of the five references per image per epoch, LSTM 64, attention 32,
+           all 300 test / compositional images): 104 CPU-s including the dataset build (CPU-bound:
+           on 2 idle cores the wall time is at most about that), 168 s wall on the shared 2
+           cores at load 7. One seed cannot decide "beyond seed noise", and quick verdicts move with the
+           preset (see .agents/readme_captioning.md).
+           Full (8000 scenes at 48 px, 3 seeds x 3 configurations, 4 epochs, LSTM 128,
+           attention 64): about 3,300 CPU-s estimated (~40 min on 2 idle cores). The earlier
+           full preset (64 px, LSTM 192, attention 128, all 5 references, 15 epochs) measured
+           815 CPU-ms per step: ~28,000 CPU-s, 5-8 hours on 2 cores, so it was cut down.
+Determinism: with the same flags and seed a run is bit-identical on CPU (BLEU, claims,
+           weights; tests/experiments/test_caption_attention.py), given --deterministic (on by
+           default). The README's two differing quick runs came from different code (commit
+           048011c changed the Loop's loss ops, so float rounding), not from run-to-run noise.
 Yardstick: for --dataset=coco_captions only, Xu et al.'s soft attention BLEU-1/4 = 67/19.5
            (Flickr8k), 70.7/24.3 (COCO); not a target on shapes.
 """
@@ -51,9 +63,9 @@ flags.DEFINE_integer("beam_size", 3, "Beam width of beam-search decoding.", lowe
 flags.DEFINE_integer("caption_seeds", 3, "Seeds per configuration.", lower_bound=1)
 flags.DEFINE_enum("caption_data", "default", ["default", "quick", "tiny", "image96"],
                   "shape_scenes config (--dataset=shape_scenes).")
-flags.DEFINE_integer("caption_units", 192, "LSTM units.", lower_bound=8)
+flags.DEFINE_integer("caption_units", 128, "LSTM units.", lower_bound=8)
 flags.DEFINE_integer("caption_embedding", 64, "Word embedding size.", lower_bound=4)
-flags.DEFINE_integer("caption_attention_units", 128, "Additive attention hidden size.",
+flags.DEFINE_integer("caption_attention_units", 64, "Additive attention hidden size.",
                      lower_bound=4)
 flags.DEFINE_list("caption_channels", ["32", "48", "64"], "Encoder channels (stem, block1, block2).")
 flags.DEFINE_float("caption_dropout", 0.2, "Dropout before the output layer.")
@@ -66,6 +78,12 @@ flags.DEFINE_enum("caption_encoder", "cnn", ["cnn", "mobilenet_v2"],
 flags.DEFINE_string("caption_backbone_weights", None, "mobilenet_v2 weights ('imagenet' or a "
                     "file); None trains it from scratch.")
 flags.DEFINE_integer("caption_image_size", 128, "Resize side for real photos.", lower_bound=32)
+flags.DEFINE_integer("caption_scene_size", 48, "Resize side for shape scenes: 48 gives 6 x 6 "
+                     "regions; 0 keeps the config's own (64 px: 8 x 8; image96: 12 x 12).",
+                     lower_bound=0)
+flags.DEFINE_integer("caption_train_captions", 2, "References per training image in each "
+                     "epoch (a random subset, fixed by seed and epoch; 5: all).",
+                     lower_bound=1)
 flags.DEFINE_integer("caption_max_images", 20000, "Cap on real training images.", lower_bound=1)
 
 
@@ -88,7 +106,7 @@ def load_splits(config):
             return scenes.load(split, config=config.caption_data, data_dir=config.data_dir)
 
         names = (scenes.SHAPES, scenes.COLOURS)
-        size = None
+        size = config.caption_scene_size or None
     else:
         from experiments.data import real_scenes
 
@@ -103,8 +121,8 @@ def load_splits(config):
         limit = config.caption_max_images if split == "train" else config.caption_eval_images
         dataset = load(split).take(limit)
         if size:
-            dataset = dataset.map(lambda e: {**e, "image": tf.cast(tf.image.resize(
-                e["image"], (size, size)), tf.uint8)})
+            dataset = dataset.map(lambda e: {**e, "image": tf.cast(tf.round(tf.image.resize(
+                e["image"], (size, size), antialias=True)), tf.uint8)})
         examples = list(dataset.as_numpy_iterator())
         objects = [[{"bbox": box, "shape": names[0][label] if names[0] else str(label),
                      "colour": names[1][colour] if names[1] else None}
@@ -257,6 +275,17 @@ def _subset(data, n):
     return {k: v[:n] for k, v in data.items()}
 
 
+def _some_captions(train, k, seed, epoch):
+    """`train` with k of each image's references, a random subset fixed by (seed, epoch)
+    (so a resumed run sees the same batches); all of them when k >= their number."""
+    tokens = train["tokens"]
+    if k >= tokens.shape[1]:
+        return train
+    rng = np.random.default_rng([seed, epoch, 1])
+    pick = np.argsort(rng.random(tokens.shape[:2]), axis=1, kind="stable")[:, :k]
+    return {**train, "tokens": np.take_along_axis(tokens, pick[..., None], axis=1)}
+
+
 def train_configurations(run, splits, vocabulary, names, max_length):
     config = run.config
     tokens = {s: cap.encode_captions(d["captions"], vocabulary, max_length)
@@ -284,8 +313,9 @@ def train_configurations(run, splits, vocabulary, names, max_length):
                                  config.caption_patience)
         trainer = run.trainer(task, model_dir=point.model_dir, callbacks=[monitor])
         result = trainer.fit(
-            lambda epoch: runtime.epoch_batches(train, None, config.batch_size,
-                                                seed=point.seed, epoch=epoch),
+            lambda epoch: runtime.epoch_batches(
+                _some_captions(train, config.caption_train_captions, point.seed, epoch),
+                None, config.batch_size, seed=point.seed, epoch=epoch),
             config.epochs,
             validation_data=lambda: runtime.epoch_batches(
                 val, None, config.batch_size, shuffle=False, drop_remainder=False))
@@ -296,7 +326,8 @@ def train_configurations(run, splits, vocabulary, names, max_length):
                    "epochs_run": len(result.history),
                    "best_validation_bleu_4": monitor.best,
                    "bleu_curve": [c["bleu_4"] for c in monitor.curve],
-                   "val_token_ce": result.final("validation").get("token_ce")}
+                   "val_token_ce": result.final("validation").get("token_ce"),
+                   "regions": int(model.regions)}
         for split in EVAL_SPLITS:
             if split in splits:
                 scores, _ = evaluate_model(model, splits[split], vocabulary, names,
@@ -382,8 +413,9 @@ def summarise(run, records, splits, names, vocabulary):
                     "effective regions exp(H)": stat(k, f"{split}/spread/effective_regions")[0],
                     "sum_i (1 - sum_t alpha_ti)^2": stat(k, f"{split}/spread/penalty")[0]}
                    for k in attention_keys for split in EVAL_SPLITS if split in splits]
-    run.add_table("Attention spread over a caption (greedy; of the 64 regions)", spread_rows,
-                  key="attention_spread")
+    regions = groups[attention_keys[0]][0]["metrics"].get("regions", "?")
+    run.add_table(f"Attention spread over a caption (greedy; of the {regions} regions)",
+                  spread_rows, key="attention_spread")
 
     # claims
     comp = "compositional_test" if "compositional_test" in splits else "test"
@@ -529,9 +561,9 @@ def predict_command(config):
 
 EXPERIMENT = runtime.Experiment(
     "caption_attention", experiment,
-    defaults={"epochs": 15, "batch_size": 32, "learning_rate": 2e-3},
-    quick={"epochs": 4, "caption_data": "quick", "caption_seeds": 1, "caption_units": 128,
-           "caption_attention_units": 64, "caption_eval_images": 200},
+    defaults={"epochs": 4, "batch_size": 32, "learning_rate": 2e-3},
+    quick={"epochs": 2, "caption_data": "quick", "caption_seeds": 1, "caption_units": 64,
+           "caption_attention_units": 32, "caption_eval_images": 300},
     datasets=DATASETS, predict=predict_command)
 
 if __name__ == "__main__":

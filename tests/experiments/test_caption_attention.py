@@ -177,16 +177,65 @@ def test_keras_round_trip_gives_the_same_captions(tmp_path):
     assert cap.decoder_for(loaded).greedy(images)[0] == cap.decoder_for(model).greedy(images)[0]
 
 
+def test_reference_subset_per_epoch_is_fixed_by_seed_and_epoch():
+    from experiments.caption_attention import _some_captions
+
+    tokens = np.arange(6 * 5 * 3).reshape(6, 5, 3)
+    train = {"image": np.zeros((6, 2, 2, 3), "uint8"), "tokens": tokens}
+    a, b = (_some_captions(train, 2, seed=1, epoch=0) for _ in range(2))
+    assert a["tokens"].shape == (6, 2, 3) and a["image"] is train["image"]
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    for i in range(6):  # each image keeps two distinct references of its own
+        rows = [tuple(r) for r in a["tokens"][i]]
+        assert len(set(rows)) == 2 and set(rows) <= {tuple(r) for r in tokens[i]}
+    other = _some_captions(train, 2, seed=1, epoch=1)["tokens"]
+    assert not np.array_equal(other, a["tokens"])
+    assert _some_captions(train, 5, seed=1, epoch=0) is train
+
+
+# The defaults caption_scene_size=48 and caption_train_captions=2 apply here too.
+TINY = dict(caption_data="tiny", epochs=2, batch_size=8, attention_reg=["1"], caption_units=16,
+            caption_embedding=8, caption_attention_units=8, caption_channels=["4", "4", "8"],
+            beam_size=2)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from experiments import caption_attention
 
     model_dir = str(tmp_path_factory.mktemp("caption") / "run")
-    results = caption_attention.EXPERIMENT.run_local(
-        model_dir, quick=True, caption_data="tiny", epochs=1, batch_size=8,
-        attention_reg=["1"], caption_units=16, caption_embedding=8,
-        caption_attention_units=8, caption_channels=["4", "4", "8"], beam_size=2)
+    results = caption_attention.EXPERIMENT.run_local(model_dir, quick=True, **TINY)
     return model_dir, results
+
+
+def _trained_weights(model_dir):
+    """{sub-run: [weight arrays]} of every captioner a run saved."""
+    out = {}
+    for root, _, names in sorted(os.walk(os.path.join(model_dir, "train"))):
+        if "captioner.keras" in names:
+            model = keras.saving.load_model(os.path.join(root, "captioner.keras"))
+            out[os.path.relpath(root, model_dir)] = [np.asarray(w) for w in model.weights]
+    return out
+
+
+@pytest.mark.slow
+def test_same_seed_gives_bit_identical_bleu_and_weights(tiny_run, tmp_path):
+    """Two runs with the same flags and seed (dropout on, references subsampled per epoch,
+    scenes resized) give the same BLEU, claims and weights, bit for bit (CPU)."""
+    from experiments import caption_attention
+
+    model_dir, first = tiny_run
+    again = caption_attention.EXPERIMENT.run_local(str(tmp_path / "again"), quick=True, **TINY)
+    timeless = lambda metrics: {k: v for k, v in metrics.items()  # noqa: E731
+                                if not k.endswith("seconds")}
+    assert timeless(again["metrics"]) == timeless(first["metrics"])
+    assert again["data"]["bleu"] == first["data"]["bleu"]
+    assert [c["measured"] for c in again["claims"]] == [c["measured"] for c in first["claims"]]
+    before, after = _trained_weights(model_dir), _trained_weights(str(tmp_path / "again"))
+    assert sorted(before) == sorted(after) and len(before) == 2
+    for key in before:
+        for a, b in zip(before[key], after[key], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=key)
 
 
 @pytest.mark.slow
@@ -203,6 +252,9 @@ def test_tiny_end_to_end_run(tiny_run):
             assert 0.0 <= float(row[f"BLEU-{n}"].split(" ")[0]) <= 100.0
     assert results["metrics"]["selected_attention_configuration"] == \
         "model=additive,attention_reg=1.0"
+    assert results["config"]["caption_scene_size"] == 48  # scenes resized by default
+    model = keras.saving.load_model(os.path.join(model_dir, "captioner.keras"))
+    assert model.image_size == 48 and model.regions == 36
     for path in ("report.md", "captioner.keras", "plots/attention_maps.png",
                  "plots/bleu_vs_epoch.png"):
         assert os.path.exists(os.path.join(model_dir, path)), path
