@@ -77,22 +77,72 @@ def coco_evaluate(ground_truth, detections, image_ids=None):
         Dict of the STAT_NAMES (NaN where COCO gives -1), "recall50", "precision50_at_r50"
         and "detections" (how many were scored).
     """
+    return coco_evaluate_subsets(ground_truth, detections, {"": image_ids})[""]
+
+
+def coco_evaluate_subsets(ground_truth, detections, subsets):
+    """`coco_evaluate` of several image subsets, with COCOeval's per-image matching run once.
+
+    COCOeval matches each (image, category) on its own, so a subset's stats come from the
+    full run's per-image results restricted to its images (accumulated in the subset's image
+    order): the same numbers as `coco_evaluate(..., image_ids=subset)`, one `evaluate()`.
+
+    Args:
+        ground_truth: A `COCO` object.
+        detections: A list of COCO result dicts.
+        subsets: Dict name -> image ids (None: every image of `ground_truth`).
+
+    Returns:
+        Dict name -> the stats dict of `coco_evaluate`.
+    """
+    import copy
+
     from pycocotools.cocoeval import COCOeval
 
-    ids = sorted(ground_truth.getImgIds() if image_ids is None else (int(i) for i in image_ids))
-    keep = set(ids)
+    every = sorted(ground_truth.getImgIds())
+    wanted = {name: (every if ids is None else sorted(int(i) for i in ids))
+              for name, ids in subsets.items()}
+    union = sorted(set().union(*wanted.values())) if wanted else []
+    keep = set(union)
     detections = [d for d in detections if d["image_id"] in keep]
     if not detections:
-        stats = {name: 0.0 for name in STAT_NAMES}
-        stats.update(recall50=0.0, precision50_at_r50=0.0, detections=0)
-        return stats
+        return {name: _empty_stats() for name in subsets}
     with contextlib.redirect_stdout(io.StringIO()):
         results = ground_truth.loadRes(detections)
         evaluator = COCOeval(ground_truth, results, "bbox")
-        evaluator.params.imgIds = ids
+        evaluator.params.imgIds = union
         evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+    # evalImgs is laid out [category][area range][image] over params.imgIds.
+    n_images, n_areas = len(union), len(evaluator.params.areaRng)
+    position = {image_id: i for i, image_id in enumerate(union)}
+    out = {}
+    for name, ids in wanted.items():
+        members = set(ids)
+        subset_dets = sum(d["image_id"] in members for d in detections)
+        if not subset_dets:
+            out[name] = _empty_stats()
+            continue
+        part = copy.copy(evaluator)
+        part.params = copy.deepcopy(evaluator.params)
+        part.params.imgIds = ids
+        part._paramsEval = copy.deepcopy(part.params)
+        part.evalImgs = [evaluator.evalImgs[(k * n_areas + a) * n_images + position[i]]
+                         for k in range(len(evaluator.params.catIds))
+                         for a in range(n_areas) for i in ids]
+        with contextlib.redirect_stdout(io.StringIO()):
+            part.accumulate()
+            part.summarize()
+        out[name] = _stats(part, subset_dets)
+    return out
+
+
+def _empty_stats():
+    stats = {name: 0.0 for name in STAT_NAMES}
+    stats.update(recall50=0.0, precision50_at_r50=0.0, detections=0)
+    return stats
+
+
+def _stats(evaluator, num_detections):
     stats = {name: (float("nan") if v < 0 else float(v))
              for name, v in zip(STAT_NAMES, evaluator.stats)}
     # recall: (T, K, A, M); precision: (T, R, K, A, M); T=0 is IoU .5, A=0 all, M=2 maxDets 100.
@@ -102,5 +152,5 @@ def coco_evaluate(ground_truth, detections, image_ids=None):
     precision = evaluator.eval["precision"][0, r_index, :, 0, 2]
     stats["precision50_at_r50"] = (float(np.mean(precision[precision > -1]))
                                    if np.any(precision > -1) else 0.0)
-    stats["detections"] = len(detections)
+    stats["detections"] = num_detections
     return stats

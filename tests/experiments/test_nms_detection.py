@@ -55,6 +55,30 @@ def test_coco_higher_scored_false_positive_lowers_ap_by_hand_computed_amount():
     assert without_fp["AP"] - with_fp["AP"] == pytest.approx(1 - expected)
 
 
+def test_coco_subsets_equal_separate_evaluations():
+    # One COCOeval matching, accumulated per subset == one coco_evaluate per subset.
+    rng = np.random.default_rng(3)
+    ids, gts, dets = [], [], []
+    for i in range(12):
+        yx = rng.uniform(0, 0.6, (3, 2))
+        g = np.concatenate([yx, yx + rng.uniform(0.1, 0.3, (3, 2))], 1)
+        d = np.concatenate([g, g + rng.normal(0, 0.03, g.shape)])
+        ids.append(i + 1), gts.append(g), dets.append(d)
+    labels = [rng.integers(0, 2, 3) for _ in ids]
+    gt = detection_eval.coco_ground_truth(
+        ids, gts, labels, [np.full(3, 400.0)] * len(ids), 2, SIZE)
+    results = detection_eval.coco_detections(
+        ids, dets, [rng.uniform(0.1, 1, 6) for _ in ids],
+        [np.concatenate([l, rng.integers(0, 2, 3)]) for l in labels], [6] * len(ids), SIZE)
+    subsets = {"all": None, "some": [9, 2, 5, 7], "none": [12]}
+    together = detection_eval.coco_evaluate_subsets(gt, results, subsets)
+    for name, subset in subsets.items():
+        alone = detection_eval.coco_evaluate(gt, results, subset)
+        assert together[name].keys() == alone.keys()
+        for key, value in alone.items():
+            np.testing.assert_equal(together[name][key], value, err_msg=f"{name} {key}")
+
+
 def test_box_encoding_round_trip():
     centres = det.cell_centres(64)
     rng = np.random.default_rng(0)
