@@ -23,10 +23,10 @@ IoU 0.3..0.8 class-wise and class-agnostic, soft-NMS over sigma; all scenes and 
 
 Command:   python -m experiments.nms_detection [--quick] [--dataset=shape_scenes|voc]
            python -m experiments.nms_detection --predict=image.png --model_dir=<trained run>
-Runtime:   --quick (shape_scenes "quick", 1500 images, 64 px, 9 epochs): over the 2-minute
-           target on 2 CPU cores (12 epochs took ~190 CPU-s, ~6 min wall at load 3-7); full
-           mode (8000 images, width 32, 12 epochs; cut from 30, which was estimated at ~75
-           min on 2 idle cores) estimated at ~30 min on 2 idle cores, not measured yet.
+Runtime:   --quick (shape_scenes "quick", 1500 images, 64 px, 9 epochs): 159 CPU-s, ~110 s
+           wall on 2 idle cores (118 s in `make run` before the faster sweep; 6.6 min at load
+           7-9); full mode (8000 images, width 32, 12 epochs; cut from 30, which was estimated
+           at ~75 min on 2 idle cores) estimated at ~30 min on 2 idle cores.
 Expected:  NMS 0.5 >> no NMS; 0.3 loses recall on overlapping pairs, 0.8 keeps duplicates;
            soft-NMS vs hard NMS compared with Bodla et al. 2017's +1.1..+1.7 AP.
 """
