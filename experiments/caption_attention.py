@@ -24,8 +24,8 @@ Runtime:   --quick ("quick" scenes 1500 / 300 / 300 / 300 at 48 px, 1 seed, 3 tr
            epochs, two of the five references per image per epoch, LSTM 64, attention 32,
            all 300 test / compositional images): 104 CPU-s including the dataset build (CPU-bound:
            on 2 idle cores the wall time is at most about that), 168 s wall on the shared 2
-           cores at load 7. One seed cannot decide "beyond seed noise", and quick verdicts move with the
-           preset (see .agents/readme_captioning.md).
+           cores at load 7. One seed cannot decide "beyond seed noise", and quick verdicts
+           move with the preset (see .agents/readme_captioning.md).
            Full (8000 scenes at 48 px, 3 seeds x 3 configurations, 4 epochs, LSTM 128,
            attention 64): about 3,300 CPU-s estimated (~40 min on 2 idle cores). The earlier
            full preset (64 px, LSTM 192, attention 128, all 5 references, 15 epochs) measured
