@@ -46,6 +46,11 @@ from experiments.data import word_benchmarks as bench
 from layers.skipgram import SkipGram, negative_sampling_loss
 from optimizers.sgd import SGD
 
+# Each step allocates and frees the same megabyte-sized buffers (rows and their gradients):
+# keep them in the process instead of faulting in fresh pages every step. At import, before
+# TensorFlow starts its thread pools (called later it leaves their arenas churning).
+runtime.keep_freed_memory()
+
 PROBES = ("king", "war", "music", "city", "water", "french", "university", "game", "church")
 RESTRICT_VOCAB = 30_000  # the "top 30,000"; larger than our vocabularies anyway
 METRICS = ("analogy", "ws353_spearman", "simlex_spearman")
@@ -344,9 +349,6 @@ def _fmt(s):
 # ------------------------------------------------------------------------ experiment
 def experiment(run):
     c = run.config
-    # Each step allocates and frees the same megabyte-sized buffers (rows and their
-    # gradients): keep them in the process instead of faulting in fresh pages every step.
-    runtime.keep_freed_memory()
     corpus = corpus_lib.load_corpus(c.dataset, corpus_files=c.corpus_file,
                                     min_count=c.min_count, data_dir=c.data_dir)
     corpus = corpus_prefix(corpus, c.max_tokens, c.min_count)

@@ -8,6 +8,9 @@ on the 2-core dev box, word2vec's quick run took 2.5M minor page faults and a th
 time in the kernel. `keep_freed_memory` raises the mmap threshold to its maximum and turns
 trimming off, so freed blocks are reused; the resident size stays at its peak instead.
 Results are unchanged (only where memory comes from). A no-op where glibc is not the C library.
+Call it before TensorFlow starts its thread pools (at import, before the first op or
+strategy): called after, the pools' threads kept churning (word2vec through `run_local`: 3.55M
+page faults called late vs 0.22M called at import).
 """
 
 import ctypes
