@@ -338,6 +338,18 @@ def _random_detections(seed, batch, n, num_classes, ties=False):
     return boxes, scores
 
 
+def _assert_equals_combined_nms(boxes, scores, k, iou, count, selected, selected_boxes,
+                                classes):
+    """Our class-wise outputs equal tf.image.combined_non_max_suppression's (score > 0.05)."""
+    ref = tf.image.combined_non_max_suppression(
+        boxes[:, :, None], scores, k, k, iou, 0.05, clip_boxes=False
+    )
+    np.testing.assert_array_equal(count, ref.valid_detections.numpy())
+    np.testing.assert_array_equal(selected, ref.nmsed_scores.numpy())
+    np.testing.assert_array_equal(selected_boxes, ref.nmsed_boxes.numpy())
+    np.testing.assert_array_equal(classes, ref.nmsed_classes.numpy().astype(int))
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_multiclass_equals_combined_non_max_suppression(ties):
     # Without exact score ties: equal to TF's combined kernel, order included. With ties, TF's
@@ -360,13 +372,8 @@ def test_multiclass_equals_combined_non_max_suppression(ties):
                 np.testing.assert_array_equal(classes[i, : count[i]], expected // 200)
                 np.testing.assert_array_equal(box_idx[i, : count[i]], expected % 200)
             continue
-        ref = tf.image.combined_non_max_suppression(
-            boxes[:, :, None], scores, k, k, iou, 0.05, clip_boxes=False
-        )
-        np.testing.assert_array_equal(count, ref.valid_detections.numpy())
-        np.testing.assert_array_equal(selected, ref.nmsed_scores.numpy())
-        np.testing.assert_array_equal(selected_boxes, ref.nmsed_boxes.numpy())
-        np.testing.assert_array_equal(classes, ref.nmsed_classes.numpy().astype(int))
+        _assert_equals_combined_nms(boxes, scores, k, iou, count, selected, selected_boxes,
+                                    classes)
 
 
 def test_multiclass_under_callers_jit_compile():
@@ -456,13 +463,8 @@ def test_multiclass_compaction_keeps_every_box_tf_image_keeps(jit_compile, monke
             box_idx, classes, selected, count, selected_boxes = (
                 t.numpy() for t in ours(boxes, scores, k, tf.constant(iou))
             )
-            ref = tf.image.combined_non_max_suppression(
-                boxes[:, :, None], scores, k, k, iou, 0.05, clip_boxes=False
-            )
-            np.testing.assert_array_equal(count, ref.valid_detections.numpy())
-            np.testing.assert_array_equal(selected, ref.nmsed_scores.numpy())
-            np.testing.assert_array_equal(selected_boxes, ref.nmsed_boxes.numpy())
-            np.testing.assert_array_equal(classes, ref.nmsed_classes.numpy().astype(int))
+            _assert_equals_combined_nms(boxes, scores, k, iou, count, selected, selected_boxes,
+                                        classes)
             picked = scores[np.arange(len(count))[:, None], box_idx, classes]
             valid = np.arange(box_idx.shape[1])[None] < count[:, None]
             np.testing.assert_array_equal(np.where(valid, picked, 0), selected)
