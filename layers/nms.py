@@ -322,12 +322,23 @@ def _check_sizes(candidates, max_output_size):
     num_boxes = candidates.shape[1]
     if num_boxes is None:
         raise ValueError("non_max_suppression needs a static number of boxes (boxes.shape[-2]).")
+    return (num_boxes, *_output_limits(num_boxes, max_output_size))
+
+
+def _output_limits(num_candidates, max_output_size):
+    """(static output width, dynamic max_out), both capped at the static `num_candidates`."""
     static_max_out = _static_int(max_output_size)
     if static_max_out is not None and static_max_out < 0:
         raise ValueError(f"max_output_size must be >= 0, got {static_max_out}.")
-    cap = num_boxes if static_max_out is None else min(static_max_out, num_boxes)
-    max_out = tf.minimum(tf.cast(max_output_size, tf.int32), num_boxes)
-    return num_boxes, cap, max_out
+    cap = num_candidates if static_max_out is None else min(static_max_out, num_candidates)
+    max_out = tf.minimum(tf.cast(max_output_size, tf.int32), num_candidates)
+    return cap, max_out
+
+
+def _check_iou_threshold(iou_threshold):
+    static_iou = _static_float(iou_threshold)
+    if static_iou is not None and not 0.0 <= static_iou <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
 
 
 def _batched_hard_nms(
@@ -469,9 +480,7 @@ def batched_non_max_suppression(
             raise ValueError(
                 f"classes must have the shape of scores {scores.shape}, got {classes.shape}."
             )
-    static_iou = _static_float(iou_threshold)
-    if static_iou is not None and not 0.0 <= static_iou <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
+    _check_iou_threshold(iou_threshold)
     iou_threshold = tf.cast(iou_threshold, tf.float32)
     score_threshold = tf.cast(score_threshold, tf.float32)
     sigma = float(soft_nms_sigma)
@@ -656,19 +665,12 @@ def multiclass_non_max_suppression(
         box_idx = tf.where(valid, idx % num_boxes, 0)
         classes = tf.where(valid, idx // num_boxes, 0)
         return box_idx, classes, sel, count, sel_boxes
-    static_iou = _static_float(iou_threshold)
-    if static_iou is not None and not 0.0 <= static_iou <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {static_iou}.")
-    num_candidates = num_boxes * num_classes
-    static_max_out = _static_int(max_output_size)
-    if static_max_out is not None and static_max_out < 0:
-        raise ValueError(f"max_output_size must be >= 0, got {static_max_out}.")
-    cap = num_candidates if static_max_out is None else min(static_max_out, num_candidates)
+    _check_iou_threshold(iou_threshold)
+    cap, max_out = _output_limits(num_boxes * num_classes, max_output_size)
     if cap == 0:
         zeros = tf.zeros([batch, 0], tf.int32)
         return zeros, zeros, tf.zeros([batch, 0]), tf.zeros([batch], tf.int32), tf.zeros(
             [batch, 0, 4])
-    max_out = tf.minimum(tf.cast(max_output_size, tf.int32), num_candidates)
     score_threshold = tf.cast(score_threshold, tf.float32)
     iou_threshold = tf.cast(iou_threshold, tf.float32)
     run = _compiled(_multiclass_greedy, jit_compile)
