@@ -203,3 +203,51 @@ def test_jit_update_compiles_the_whole_step_and_matches_the_plain_step(mirrored_
     # forward/backward is (the existing jit_compile path).
     two = _token_trainer(mirrored_two_cpus, jit_compile=True, jit_update=True)
     assert two._jit_local_step is None and two._jit_forward_backward is not None
+
+
+def test_jit_update_runs_an_execution_as_one_xla_loop_with_the_per_step_results(tmp_path):
+    """jit_update with steps_per_execution > 1: the execution's batches are stacked and run as
+    one XLA while loop. Same weights, losses and metrics as one XLA launch per step, with
+    executions cut at a checkpoint boundary (3) and at the epoch end (6 steps, 4 per call)."""
+    results = {}
+    for name in ("per_step", "stacked"):
+        trainer = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), jit_compile=True,
+                                 jit_update=True, steps_per_execution=4,
+                                 checkpoint_every_steps=3, model_dir=str(tmp_path / name))
+        calls = []
+        stacked_execution = trainer._train_stacked_execution
+        trainer._train_stacked_execution = lambda it, n: calls.append(int(n)) or (
+            stacked_execution(it, n))
+        if name == "per_step":
+            trainer._jit_local_steps = None  # one XLA launch per step, as before
+        results[name] = trainer, trainer.fit(_token_batches, 2), calls
+    (plain, r1, calls1), (whole, r2, calls2) = results["per_step"], results["stacked"]
+    assert calls1 == [] and sum(calls2) == 12 and max(calls2) == 3, calls2
+    for a, b in zip(plain.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for h1, h2 in zip(r1.history, r2.history):
+        for key, value in h1["train"].items():
+            assert h2["train"][key] == pytest.approx(value, rel=1e-6), key
+    assert int(whole.optimizer.iterations.numpy()) == r1.steps == 12
+    # Short executions reuse the one compiled loop: its stack has one static shape.
+    (signature,) = [f.structured_input_signature[0]
+                    for f in whole._jit_local_steps._list_all_concrete_functions()]
+    assert [t.shape.as_list() for t in tf.nest.flatten(signature[0])] == [[4, BATCH, STEPS]] * 3
+
+
+class ExplodingTask(TokenTask):
+    """TokenTask whose loss is multiplied by inf from the 5th optimizer step on."""
+
+    def compute_loss(self, model, batch, training):
+        loss_sum, weight, logits = super().compute_loss(model, batch, training)
+        iterations = model.optimizer.iterations
+        scale = tf.where(iterations >= 4, tf.constant(np.inf), tf.constant(1.0))
+        return loss_sum * scale, weight, logits
+
+
+def test_the_xla_loop_stops_at_the_first_non_finite_loss():
+    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), ExplodingTask(), BATCH,
+                      verbose=0, jit_compile=True, jit_update=True, steps_per_execution=4)
+    result = trainer.fit(_token_batches, 3)
+    assert result.status == "diverged"
+    assert result.diverged_at_step == result.steps == 5  # steps 1-4 finite, step 5 not
