@@ -234,7 +234,8 @@ def train_sgns(run, corpus, model_dir, *, seed, noise_exponent, shared_negatives
                          c.batch_size, evaluate)
     trainer = run.trainer(task, model_dir=model_dir, jit_update=True,
                           callbacks=[report] if run.is_chief else [])
-    result = trainer.fit(lambda epoch: pipeline.dataset(epoch, c.batch_size), epochs)
+    result = trainer.fit(lambda epoch: pipeline.dataset(
+        epoch, c.batch_size, prefetch_next=epoch + 1 < epochs), epochs)
     return trainer.model, result, report.rows, pipeline
 
 

@@ -31,6 +31,7 @@ No Python loop runs per pair or per token: per epoch, the loops are over chunks 
 positions (pairs) and over chunks of batches (noise words).
 """
 
+import concurrent.futures
 import copy
 import math
 
@@ -225,7 +226,8 @@ class SkipGramPipeline:
         self.keep = keep_probabilities(self.counts, sample)
         self._sampler_template = AliasNegativeSampler(self.counts, noise_exponent)
         self.noise_probabilities = self._sampler_template.probabilities
-        self._cache = (None, None)
+        self._epochs = {}  # epoch -> Future of its pairs: the current one and the next
+        self._builder = None
 
     @classmethod
     def from_corpus(cls, corpus, **kwargs):
@@ -239,19 +241,34 @@ class SkipGramPipeline:
         """(targets, contexts, effective_words) of an epoch, shuffled unless shuffle=False.
 
         effective_words is the number of tokens subsampling kept (gensim's "effective words").
-        The last epoch's result is cached.
+        The result is kept until a later epoch is asked for (or built by `prefetch_pairs`).
         """
-        if self._cache[0] == epoch:
-            return self._cache[1]
+        if epoch not in self._epochs:
+            future = concurrent.futures.Future()
+            future.set_result(self._build_pairs(epoch))
+            self._epochs[epoch] = future
+        result = self._epochs[epoch].result()
+        for old in [e for e in self._epochs if e < epoch]:
+            del self._epochs[old]
+        return result
+
+    def prefetch_pairs(self, epoch):
+        """Starts building `epoch`'s pairs on a background thread (NumPy, ~0.6 s per
+        million tokens), so the next epoch does not wait for them."""
+        if epoch not in self._epochs:
+            if self._builder is None:
+                self._builder = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="skipgram_pairs")
+            self._epochs[epoch] = self._builder.submit(self._build_pairs, epoch)
+
+    def _build_pairs(self, epoch):
         rng = np.random.default_rng([self.seed, epoch])
         kept, kept_offsets = subsample(self.ids, self.offsets, self.keep, rng)
         targets, contexts = skipgram_pairs(kept, kept_offsets, self.window, rng,
                                            self.shrink_windows, ordered=not self.shuffle)
         if self.shuffle:
             targets, contexts = shuffle_pairs(targets, contexts, rng)
-        result = (targets, contexts, int(kept.shape[0]))
-        self._cache = (epoch, result)
-        return result
+        return targets, contexts, int(kept.shape[0])
 
     def _sampler(self, epoch):
         return self._sampler_template.reseeded([self.seed, epoch, 1])
@@ -297,16 +314,20 @@ class SkipGramPipeline:
         n = self.epoch_pairs(epoch)[0].shape[0]
         return n // batch_size if drop_remainder else -(-n // batch_size)
 
-    def dataset(self, epoch, batch_size, *, drop_remainder=True, chunk_batches=64):
+    def dataset(self, epoch, batch_size, *, drop_remainder=True, chunk_batches=64,
+                prefetch_next=False):
         """A `tf.data.Dataset` of the epoch's global batches, dicts of int32 tensors.
 
         Elements: {"target": (B,), "context": (B,), "negatives": (B, K)}. The pairs are built
         when this is called (a fraction of a second per million tokens); the noise words are
         drawn lazily, `chunk_batches` batches at a time, in tf.data's background thread, so
-        they overlap with training (add `.prefetch`). The cardinality is known.
+        they overlap with training (add `.prefetch`). The cardinality is known. With
+        `prefetch_next`, the next epoch's pairs are built in the background meanwhile.
         """
         k = self.num_negatives
         steps = self.num_batches(epoch, batch_size, drop_remainder)
+        if prefetch_next:
+            self.prefetch_pairs(epoch + 1)
         batch_dim = batch_size if drop_remainder else None
         signature = {
             "target": tf.TensorSpec((None, batch_dim), tf.int32),

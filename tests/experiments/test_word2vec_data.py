@@ -389,3 +389,19 @@ def test_evaluators_agree_with_gensim(tmp_path):
         assert mine["spearman"] == pytest.approx(spearman[0], abs=1e-5)
         assert mine["pearson"] == pytest.approx(pearson[0], abs=1e-5)
         assert 100 * (1 - mine["coverage"]) == pytest.approx(oov)
+
+
+def test_next_epoch_built_in_the_background_equals_one_built_on_demand():
+    rng = np.random.default_rng(5)
+    ids = (rng.zipf(1.5, 5000) % 50).astype(np.int32)
+    counts = np.bincount(ids, minlength=50) + 1
+    background = sp.SkipGramPipeline(ids, [0, 2000, 5000], counts, window=3, sample=0.01,
+                                     seed=9)
+    on_demand = sp.SkipGramPipeline(ids, [0, 2000, 5000], counts, window=3, sample=0.01,
+                                    seed=9)
+    background.dataset(0, 16, prefetch_next=True)
+    assert 1 in background._epochs  # epoch 1 is being built (or built) already
+    for epoch in (0, 1):
+        for a, b in zip(background.epoch_pairs(epoch), on_demand.epoch_pairs(epoch)):
+            np.testing.assert_array_equal(a, b)
+    assert list(background._epochs) == [1]  # older epochs are let go
