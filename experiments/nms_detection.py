@@ -24,10 +24,10 @@ IoU 0.3..0.8 class-wise and class-agnostic, soft-NMS over sigma; all scenes and 
 Command:   python -m experiments.nms_detection [--quick] [--dataset=shape_scenes|voc]
            python -m experiments.nms_detection --predict=image.png --model_dir=<trained run>
 Runtime:   --quick (shape_scenes "quick", 1500 images, 64 px, 9 epochs, XLA-compiled step,
-           10 steps per call): 107 s wall, 133 CPU-s on 2 idle cores (train 63 s with its
-           ~11 s compile, sweep 22 s; 126 s without XLA); full mode (8000 images, width 32, 12 epochs; cut from 30, which was estimated
-           at ~75 min on 2 idle cores): 1415 CPU-s, 45 min wall at load 6-9 (~20-25 min on
-           2 idle cores); test AP 89.1 / AP50 97.2 at NMS 0.5 (no NMS 75.1), 3 of 4 claims
+           10 steps per call): 103-107 s wall, 133 CPU-s on 2 idle cores (train 63 s with
+           its ~11 s compile, sweep 22 s; 126 s without XLA); full mode (8000 images, width
+           32, 12 epochs; cut from 30, which was estimated at ~75 min on 2 idle cores):
+           1415 CPU-s, 45 min wall at load 6-9 (~20-25 min on 2 idle cores); test AP 89.1 / AP50 97.2 at NMS 0.5 (no NMS 75.1), 3 of 4 claims
            confirmed (0.8 keeps duplicates but AP50 does not drop: refuted).
 Expected:  NMS 0.5 >> no NMS; 0.3 loses recall on overlapping pairs, 0.8 keeps duplicates;
            soft-NMS vs hard NMS compared with Bodla et al. 2017's +1.1..+1.7 AP.
@@ -723,9 +723,10 @@ EXPERIMENT = runtime.Experiment(
     # estimated ~30 min on 2 idle cores with the evaluations; 30 epochs would be ~75 min).
     defaults={"epochs": 12, "batch_size": 64, "learning_rate": 3e-3},
     # Quick mode compiles the replica step with XLA, 10 steps per call: epochs take 2.5-5 s
-    # instead of 5-10 s, after a ~11 s compile (126 -> 103 s for the whole quick run).
+    # instead of 5-10 s, after a ~11 s compile (126 -> 103-107 s for the whole quick run).
     quick={"epochs": 9, "batch_size": 32, "det_scenes": "quick", "det_width": 16,
-           "jit_compile": True, "steps_per_execution": 10, "det_map_every": 3, "det_iou_thresholds": ["0.3", "0.5", "0.6", "0.8"],
+           "jit_compile": True, "steps_per_execution": 10, "det_map_every": 3,
+           "det_iou_thresholds": ["0.3", "0.5", "0.6", "0.8"],
            "det_soft_sigmas": ["0.25"]},  # the claim's sigma only
     datasets=DATASETS, predict=predict_command)
 
