@@ -27,8 +27,9 @@ Runtime:   --quick (shape_scenes "quick", 1500 images, 64 px, 9 epochs, XLA-comp
            10 steps per call): 103-107 s wall, 133 CPU-s on 2 idle cores (train 63 s with
            its ~11 s compile, sweep 22 s; 126 s without XLA); full mode (8000 images, width
            32, 12 epochs; cut from 30, which was estimated at ~75 min on 2 idle cores):
-           1415 CPU-s, 45 min wall at load 6-9 (~20-25 min on 2 idle cores); test AP 89.1 / AP50 97.2 at NMS 0.5 (no NMS 75.1), 3 of 4 claims
-           confirmed (0.8 keeps duplicates but AP50 does not drop: refuted).
+           1415 CPU-s, 45 min wall at load 6-9 (~20-25 min on 2 idle cores); test AP 89.1 /
+           AP50 97.2 at NMS 0.5 (no NMS 75.1), 3 of 4 claims confirmed (0.8 keeps duplicates
+           but AP50 does not drop: refuted).
 Expected:  NMS 0.5 >> no NMS; 0.3 loses recall on overlapping pairs, 0.8 keeps duplicates;
            soft-NMS vs hard NMS compared with Bodla et al. 2017's +1.1..+1.7 AP.
 """
