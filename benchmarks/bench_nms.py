@@ -27,16 +27,22 @@ def _uniform_boxes(n, seed=0, batch=None):
 
 
 def paired_median_ms(fns, args, repeats):
-    """Median wall time (ms) of each fn, calls interleaved so load drift hits all alike."""
+    """Median wall time (ms) of each fn, calls interleaved so load drift hits all alike.
+
+    Each round starts one fn later than the last, so every fn runs equally often right after
+    each other one: a fixed order would bill the cache misses a slow fn leaves behind to
+    whichever fn always follows it.
+    """
     for fn in fns:
         for _ in range(2):
             tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
+    for round_index in range(repeats):
+        shift = round_index % len(fns)
+        for k in list(range(shift, len(fns))) + list(range(shift)):
             start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-            bucket.append(time.perf_counter() - start)
+            tf.nest.map_structure(lambda t: t.numpy(), fns[k](*args))
+            times[k].append(time.perf_counter() - start)
     return [1e3 * float(np.median(t)) for t in times]
 
 

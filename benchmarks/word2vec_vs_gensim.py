@@ -4,16 +4,16 @@ Same corpus (the embedded gensim text, 883k tokens, vocabulary 16,418 at min_cou
 hyperparameters (sg=1, negative=5, window=5, vector_size=100, sample=1e-3, min_count=5,
 alpha 0.025 decaying linearly to 1e-4, epochs=5, noise exponent 0.75), gensim with
 workers=2; ours through `experiments.word2vec` (batch 1024, 50 steps per execution run as one
-XLA loop) on the same cores. Effective words are the tokens kept by subsampling (gensim's count); each
-side's time is its training alone (ours: epoch begin to end, without the per-epoch
+XLA loop) on the same cores. Effective words are the tokens kept by subsampling (gensim's
+count); each side's time is its training alone (ours: epoch begin to end, without the per-epoch
 evaluation; gensim: `Word2Vec.train`). Quality: analogy accuracy (3CosAdd, gensim's
 questions-words.txt), WordSim-353 and SimLex-999 Spearman of each side's vectors with the
 same evaluators.
 
 Run: `python -m benchmarks.word2vec_vs_gensim [--quick]` (--quick: the first 300k tokens,
 one epoch). The full run also trains ours with `--shared_negatives` (one noise set per batch)
-and prints its speed and quality on a line of its own. Target on 2 CPU cores: words/s ratio >= 0.5, quality no worse than gensim's
-beyond seed noise.
+and prints its speed and quality on a line of its own. Target on 2 CPU cores: words/s ratio
+>= 0.5, quality no worse than gensim's beyond seed noise.
 """
 
 import os

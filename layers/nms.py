@@ -47,8 +47,8 @@ selected nor suppress), then one loop per batch selects, per image, the best liv
 candidate, writes it out and suppresses the boxes of its class with IoU over the threshold
 against it: C++'s greedy order without any sort (argmax-and-suppress gives the same selection
 as greedy NMS over sorted candidates), at most `max_output_size` steps, each O(live boxes).
-The compacted width is a power of two (so few shapes compile); a caller's XLA program skips
-the compaction.
+The compacted width is a power of two (so few shapes compile); a caller's XLA program and a
+batch of at most 16 images (static), whose loop is short anyway, skip the compaction.
 
 Every shape is static. By default each stage's selection loop is one XLA program (`jit_compile`),
 which cuts the loop overheads that dominate on CPU; the sort stays outside XLA, whose CPU sort is
@@ -290,8 +290,10 @@ def _soft_nms_loop(
 _COMPILED = {}
 # The first sorting stage takes the top FIRST_STAGE_FACTOR * max_output_size scores.
 FIRST_STAGE_FACTOR = 2
-# multiclass_non_max_suppression splits a batch this large (static) into two parallel halves.
-PARALLEL_MIN_BATCH = 128
+# multiclass_non_max_suppression runs a batch this small (static) without compacting it first,
+# and splits a batch this large (static) into two parallel halves.
+SMALL_BATCH = 16
+PARALLEL_MIN_BATCH = 64
 # A selection buffer up to this size is compared with each block in one piece, without a loop.
 SINGLE_TILE_MAX = 256
 
@@ -646,7 +648,8 @@ def multiclass_non_max_suppression(
     scores = tf.cast(scores, tf.float32)
     num_boxes, num_classes = scores.shape[1], scores.shape[2]
     if num_boxes is None or num_classes is None:
-        raise ValueError(f"multiclass_non_max_suppression needs static N and C, got {scores.shape}.")
+        raise ValueError(
+            f"multiclass_non_max_suppression needs static N and C, got {scores.shape}.")
     batch = tf.shape(scores)[0]
     if float(soft_nms_sigma) > 0.0:
         # Class-major candidates: index c * N + i (ties: lower class, then lower box).
@@ -690,6 +693,11 @@ def multiclass_non_max_suppression(
                    cap)
 
     static_batch = scores.shape[0]
+    if static_batch is not None and static_batch <= SMALL_BATCH:
+        # A few images: the compaction's own ops (its width is chosen outside XLA) cost more
+        # than the loop saves on the boxes it drops; run everything in one XLA program.
+        return run(boxes, scores, tf.zeros([num_boxes]), max_out, iou_threshold,
+                   score_threshold, cap)
     if static_batch is None or static_batch < PARALLEL_MIN_BATCH:
         return shard(boxes, scores)
     # Large batches: two independent halves, which TensorFlow runs on two threads (each

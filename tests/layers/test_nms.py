@@ -449,9 +449,10 @@ def _sparse_detections(seed, batch, n, num_classes, live_counts):
 def test_multiclass_compaction_keeps_every_box_tf_image_keeps(jit_compile, monkeypatch):
     # Live counts straddle the compaction widths (16, 32, 64, N = 100): an image with no live
     # box, exactly 16, 17, 32, 33 and all 100; each batch compacts to its own width (16, 64,
-    # 100). Without
-    # XLA, batches are also split in two parallel halves (as large batches are), each
+    # 100). These batches are small, which skips the compaction unless SMALL_BATCH is lowered.
+    # Without XLA, batches are also split in two parallel halves (as large batches are), each
     # compacted to its own width.
+    monkeypatch.setattr(nms_module, "SMALL_BATCH", 0)
     if not jit_compile:
         monkeypatch.setattr(nms_module, "PARALLEL_MIN_BATCH", 2)
     ours = tf.function(
