@@ -271,6 +271,15 @@ class CaptionMonitor(keras.callbacks.Callback):
             for variable, value in zip(self.model.weights, self.best_weights):
                 variable.assign(value)
 
+    def get_state(self):
+        """Saved in the trainer's checkpoint, so a resumed run keeps its curve and patience."""
+        return {"curve": self.curve, "best": self.best, "best_weights": self.best_weights,
+                "wait": self.wait}
+
+    def set_state(self, state):
+        self.curve, self.best, self.wait = state["curve"], state["best"], state["wait"]
+        self.best_weights = state["best_weights"]
+
 
 def _subset(data, n):
     return {k: v[:n] for k, v in data.items()}

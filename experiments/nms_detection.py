@@ -412,6 +412,13 @@ class MapPerEpoch(keras.callbacks.Callback):
             tf.summary.scalar("AP50", stats["AP50"])
         self.writer.flush()
 
+    def get_state(self):
+        """Saved in the trainer's checkpoint, so a resumed run keeps the earlier epochs."""
+        return {"curve": self.curve}
+
+    def set_state(self, state):
+        self.curve = state["curve"]
+
 
 # ----------------------------------------------------------------------------- the run
 def train_detector(run, data, gt_val, num_classes, config, max_boxes):

@@ -217,6 +217,13 @@ class EpochReport(keras.callbacks.Callback):
         self.writer.flush()
         self.rows.append(row)
 
+    def get_state(self):
+        """Saved in the trainer's checkpoint, so a resumed run keeps the earlier epochs."""
+        return {"rows": self.rows}
+
+    def set_state(self, state):
+        self.rows = state["rows"]
+
 
 def train_sgns(run, corpus, model_dir, *, seed, noise_exponent, shared_negatives, epochs,
                evaluate=True):

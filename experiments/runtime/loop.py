@@ -10,9 +10,11 @@ updated per replica into sum-on-read variables: no predictions are gathered.
 
 `steps_per_execution` runs several steps inside one `tf.function` (a `tf.while_loop` over the
 iterator; with `jit_update` on one replica, the steps themselves run as one XLA loop over the
-stacked batches); checkpoints are written at epoch ends and every `checkpoint_every_steps`,
-with the position in the epoch, so a killed run resumes on the very next batch; a non-finite
-loss stops the run and records the step.
+stacked batches); checkpoints are written at epoch ends (after the callbacks' `on_epoch_end`)
+and every `checkpoint_every_steps`, with the position in the epoch and the callbacks' state
+(`callback_state.py`: early stopping's patience and best weights, a topic's curves), so a
+killed run resumes on the very next batch and goes on as the uninterrupted run would; a
+non-finite loss stops the run and records the step.
 """
 
 import dataclasses
@@ -29,6 +31,7 @@ import tensorflow as tf
 from experiments.runtime import files
 from experiments.runtime import inputs
 from experiments.runtime import summaries
+from experiments.runtime.callback_state import CallbackStates
 from experiments.runtime.errors import ConfigError
 from optimizers.clipping import clip_by_global_norm_across_replicas
 
@@ -176,12 +179,17 @@ class Trainer:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         self._totals = _EpochTotals()
-        self._checkpoint = tf.train.Checkpoint(
+        self._callback_states = CallbackStates(self.callbacks.callbacks, self.model)
+        trained_state = dict(
             model=self.model, optimizer=self.optimizer, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, epoch_totals=self._totals.variable,
             metrics=[v for m in self.metrics for v in m.variables],
             seed_generators=_seed_generator_states(self.model),
         )
+        self._checkpoint = tf.train.Checkpoint(**trained_state,
+                                               callback_states=self._callback_states)
+        # Checkpoints written before callback states were saved restore without them.
+        self._checkpoint_without_callbacks = tf.train.Checkpoint(**trained_state)
         self._manager = None
         self._writers = None
         if model_dir:
@@ -398,7 +406,11 @@ class Trainer:
         """Restores the latest checkpoint, if any. Returns (whole epochs, global step)."""
         if self._manager is None or self._manager.latest_checkpoint is None:
             return 0, 0
-        self._checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
+        path = self._manager.latest_checkpoint
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        checkpoint = (self._checkpoint if "callback_states" in saved
+                      else self._checkpoint_without_callbacks)
+        checkpoint.restore(path).assert_existing_objects_matched()
         self._totals.after_restore()
         return int(self.epoch.numpy()), int(self.optimizer.iterations.numpy())
 
@@ -455,6 +467,10 @@ class Trainer:
         trained_examples, t_start = 0, time.perf_counter()
 
         self.callbacks.on_train_begin()
+        # After on_train_begin, which resets Keras callbacks: their state when last saved.
+        if self._callback_states.apply():
+            status = "stopped"  # a callback had stopped training before the checkpoint
+            epochs = start_epoch
         for epoch in range(start_epoch, epochs):
             skip = int(self.step_in_epoch.numpy())
             if skip == 0:
@@ -489,9 +505,11 @@ class Trainer:
             history.append(record)
             self.epoch.assign(epoch + 1)
             self.step_in_epoch.assign(0)
-            self._save(history)
             self._say(self._epoch_line(epoch + 1, epochs, logs, epoch_seconds, step - skip))
+            # Callbacks first, so that the checkpoint holds their state after this epoch
+            # (and whether one stopped training).
             self.callbacks.on_epoch_end(epoch, logs)
+            self._save(history)
             if self.model.stop_training:
                 status = "stopped"
                 break
