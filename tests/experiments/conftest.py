@@ -21,5 +21,6 @@ def init_gain_run(tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("init_gain") / "run")
     results = init_gain.EXPERIMENT.run_local(
         model_dir, depth=8, deep_depth=8, width=32, activations=["tanh", "relu", "sigmoid"],
-        train_grid="claims", epochs=2, probe_size=128, batch_size=128, learning_rate=0.05)
+        train_grid="claims", epochs=2, probe_size=128, batch_size=128, learning_rate=0.05,
+        deep_seeds=2)
     return model_dir, results

@@ -1,5 +1,6 @@
 """The init-gain experiment: its statistics against NumPy, and a tiny run end to end."""
 
+import json
 import os
 
 import numpy as np
@@ -82,14 +83,29 @@ def test_tiny_run_end_to_end_in_process(init_gain_run):
     assert symmetry["measured"] < 1e-5 and symmetry["verdict"] == "confirmed"
     at_init = results["data"]["at_init"]
     assert len(at_init) == 3 * 5
-    assert len(results["data"]["training"]) == 5  # relu/he at depth 8 is trained once
-    trained = {(t["activation"], t["init"]) for t in results["data"]["training"]}
-    assert ("relu", "he") in trained and ("sigmoid", "zeros") in trained
+    # relu/he at depth 8 (= deep_depth) is trained only as a deep net, with its two seeds.
+    training = {(t["activation"], t["init"]): t for t in results["data"]["training"]}
+    assert len(training) == 5 and ("sigmoid", "zeros") in training
+    he, xavier = training["relu", "he"], training["relu", "xavier"]
+    assert he["seeds"] == xavier["seeds"] == [0, 1] and training["tanh", "naive"]["seeds"] == [0]
+    assert he["validation_accuracy"] == pytest.approx(np.mean(he["seed_accuracies"]))
+    assert he["accuracy_sd"] == pytest.approx(np.std(he["seed_accuracies"], ddof=1))
+    deep_claim = next(c for t, c in claims.items() if t.startswith("8-layer ReLU net trains"))
+    assert deep_claim["measured"] == pytest.approx(he["validation_accuracy"])
+    gap = next(c for t, c in claims.items() if t.startswith("8-layer ReLU net: Xavier"))
+    assert gap["measured"] == pytest.approx(he["validation_accuracy"]
+                                            - xavier["validation_accuracy"])
+    for seed in (0, 1):
+        sub_run = os.path.join(model_dir, "deep", "activation=relu,init=he,depth=8",
+                               f"seed_{seed}")
+        with open(os.path.join(sub_run, "sweep_record.json")) as f:
+            record = json.load(f)
+        assert record["metrics"]["validation_accuracy"] == he["seed_accuracies"][seed]
     report = open(os.path.join(model_dir, "report.md")).read()
     assert "## Claims" in report and "plots/std_vs_depth.png" in report
     assert os.path.getsize(os.path.join(model_dir, "plots", "std_vs_depth.png")) > 10_000
     assert os.path.isdir(os.path.join(model_dir, "at_init", "tanh_naive"))
-    sub_run = os.path.join(model_dir, "train", "activation=relu,init=he,depth=8")
+    sub_run = os.path.join(model_dir, "train", "activation=tanh,init=naive,depth=8")
     assert os.path.isdir(os.path.join(sub_run, "layer_statistics"))
     assert os.path.exists(os.path.join(sub_run, "sweep_record.json"))
 
