@@ -36,6 +36,7 @@ def get_callback_state(callback):
 
 
 def set_callback_state(callback, state):
+    """Hands a state from `get_callback_state` back to the callback."""
     if hasattr(callback, "set_state"):
         callback.set_state(state)
     elif isinstance(callback, keras.callbacks.EarlyStopping):
