@@ -233,6 +233,9 @@ class CaptionMonitor(keras.callbacks.Callback):
     the best validation BLEU-4, stops after `patience` epochs without a better one and
     restores the best weights at the end."""
 
+    # Saved in the trainer's checkpoint: a resumed run keeps them (runtime.callback_state).
+    state_attributes = ("curve", "best", "best_weights", "wait")
+
     def __init__(self, data, vocabulary, log_dir, patience, samples=2):
         super().__init__()
         self.data, self.vocabulary, self.patience, self.samples = data, vocabulary, patience, samples
@@ -270,15 +273,6 @@ class CaptionMonitor(keras.callbacks.Callback):
         if self.best_weights is not None:
             for variable, value in zip(self.model.weights, self.best_weights):
                 variable.assign(value)
-
-    def get_state(self):
-        """Saved in the trainer's checkpoint, so a resumed run keeps its curve and patience."""
-        return {"curve": self.curve, "best": self.best, "best_weights": self.best_weights,
-                "wait": self.wait}
-
-    def set_state(self, state):
-        self.curve, self.best, self.wait = state["curve"], state["best"], state["wait"]
-        self.best_weights = state["best_weights"]
 
 
 def _subset(data, n):

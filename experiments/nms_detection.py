@@ -393,6 +393,9 @@ def score(gt, ids, detections, image_size, subset=None):
 class MapPerEpoch(keras.callbacks.Callback):
     """Validation mAP (class-wise NMS 0.5) every `every` epochs, to `log_dir` in TensorBoard."""
 
+    # Saved in the trainer's checkpoint: a resumed run keeps them (runtime.callback_state).
+    state_attributes = ("curve",)
+
     def __init__(self, data, gt, num_classes, image_size, log_dir, every, epochs):
         super().__init__()
         self.data, self.gt, self.num_classes, self.image_size = data, gt, num_classes, image_size
@@ -411,13 +414,6 @@ class MapPerEpoch(keras.callbacks.Callback):
             tf.summary.scalar("mAP", stats["AP"])
             tf.summary.scalar("AP50", stats["AP50"])
         self.writer.flush()
-
-    def get_state(self):
-        """Saved in the trainer's checkpoint, so a resumed run keeps the earlier epochs."""
-        return {"curve": self.curve}
-
-    def set_state(self, state):
-        self.curve = state["curve"]
 
 
 # ----------------------------------------------------------------------------- the run

@@ -186,6 +186,9 @@ def evaluate_vectors(vectors, words):
 class EpochReport(keras.callbacks.Callback):
     """Per epoch: effective words/s, per-pair rate and W / W+C evaluation, to TensorBoard."""
 
+    # Saved in the trainer's checkpoint: a resumed run keeps them (runtime.callback_state).
+    state_attributes = ("rows",)
+
     def __init__(self, log_dir, pipeline, words, batch_size, evaluate=True):
         super().__init__()
         self.writer = tf.summary.create_file_writer(log_dir)
@@ -216,13 +219,6 @@ class EpochReport(keras.callbacks.Callback):
                     tf.summary.scalar(key if "/" in key else f"word2vec/{key}", value)
         self.writer.flush()
         self.rows.append(row)
-
-    def get_state(self):
-        """Saved in the trainer's checkpoint, so a resumed run keeps the earlier epochs."""
-        return {"rows": self.rows}
-
-    def set_state(self, state):
-        self.rows = state["rows"]
 
 
 def train_sgns(run, corpus, model_dir, *, seed, noise_exponent, shared_negatives, epochs,

@@ -677,8 +677,12 @@ def multiclass_non_max_suppression(
     score_threshold = tf.cast(score_threshold, tf.float32)
     iou_threshold = tf.cast(iou_threshold, tf.float32)
     run = _compiled(_multiclass_greedy, jit_compile)
-    if jit_compile and _in_xla_context():
-        # Inside a caller's XLA program every shape must be static: no compaction.
+    static_batch = scores.shape[0]
+    # No compaction inside a caller's XLA program (every shape must be static), nor for a few
+    # images (static batch), where the compaction's own ops (its width is chosen outside XLA)
+    # cost more than the loop saves on the boxes it drops.
+    if (jit_compile and _in_xla_context()) or (
+            static_batch is not None and static_batch <= SMALL_BATCH):
         return run(boxes, scores, tf.zeros([num_boxes]), max_out, iou_threshold,
                    score_threshold, cap)
 
@@ -692,12 +696,6 @@ def multiclass_non_max_suppression(
         return run(boxes, scores, tf.zeros([width]), max_out, iou_threshold, score_threshold,
                    cap)
 
-    static_batch = scores.shape[0]
-    if static_batch is not None and static_batch <= SMALL_BATCH:
-        # A few images: the compaction's own ops (its width is chosen outside XLA) cost more
-        # than the loop saves on the boxes it drops; run everything in one XLA program.
-        return run(boxes, scores, tf.zeros([num_boxes]), max_out, iou_threshold,
-                   score_threshold, cap)
     if static_batch is None or static_batch < PARALLEL_MIN_BATCH:
         return shard(boxes, scores)
     # Large batches: two independent halves, which TensorFlow runs on two threads (each

@@ -4,14 +4,16 @@ A Keras callback keeps Python state between epochs (EarlyStopping's best value, 
 and best weights; a topic's per-epoch curve). Without it a run killed and resumed forgets that
 state: early stopping restarts its patience, keeps other best weights, stops at another epoch.
 `CallbackStates` is a `tf.train.experimental.PythonState` in the trainer's checkpoint, written
-atomically with the weights. A callback takes part by defining
+atomically with the weights. A callback takes part by naming the attributes that hold its state,
 
-    get_state() -> dict    # values: JSON-able, a NumPy array, or a list of NumPy arrays
-    set_state(state)       # called after on_train_begin (which resets Keras callbacks)
+    state_attributes = ("curve", "best", "best_weights")   # a class attribute
 
-and `keras.callbacks.EarlyStopping` takes part through an adapter. The trainer's own
-"a callback stopped training" flag travels with them, so restarting a stopped run does not
-train on. Encoding: one `.npz` (no pickles), JSON for everything but the arrays.
+or, for state that is not plain attributes, by defining `get_state() -> dict` and
+`set_state(state)`. Values: JSON-able, NumPy arrays, or lists of them; they are set back after
+`on_train_begin` (which resets Keras callbacks). `keras.callbacks.EarlyStopping` takes part
+through the same attribute table. The trainer's own "a callback stopped training" flag travels
+with them, so restarting a stopped run does not train on. Encoding: one `.npz` (no pickles),
+JSON for everything but the arrays.
 """
 
 import io
@@ -23,25 +25,36 @@ import tensorflow as tf
 
 from experiments.runtime.errors import ConfigError
 
-_EARLY_STOPPING_FIELDS = ("wait", "stopped_epoch", "best", "best_weights", "best_epoch")
+# Keras callbacks that keep state between epochs, and the attributes that hold it.
+_KERAS_STATE_ATTRIBUTES = {
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_weights",
+                                    "best_epoch"),
+}
+
+
+def _state_attributes(callback):
+    names = getattr(callback, "state_attributes", None)
+    if names is None:
+        names = next((names for cls, names in _KERAS_STATE_ATTRIBUTES.items()
+                      if isinstance(callback, cls)), None)
+    return names
 
 
 def get_callback_state(callback):
     """The callback's state dict, or None if it keeps none worth restoring."""
     if hasattr(callback, "get_state"):
         return callback.get_state()
-    if isinstance(callback, keras.callbacks.EarlyStopping):
-        return {name: getattr(callback, name) for name in _EARLY_STOPPING_FIELDS}
-    return None
+    names = _state_attributes(callback)
+    return None if names is None else {name: getattr(callback, name) for name in names}
 
 
 def set_callback_state(callback, state):
     """Hands a state from `get_callback_state` back to the callback."""
     if hasattr(callback, "set_state"):
         callback.set_state(state)
-    elif isinstance(callback, keras.callbacks.EarlyStopping):
-        for name in _EARLY_STOPPING_FIELDS:
-            setattr(callback, name, state[name])
+        return
+    for name in _state_attributes(callback):
+        setattr(callback, name, state[name])
 
 
 def encode(payload):

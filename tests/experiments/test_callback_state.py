@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from experiments.runtime import epoch_batches
-from experiments.runtime.callback_state import decode, encode
+from experiments.runtime.callback_state import (decode, encode, get_callback_state,
+                                                 set_callback_state)
 from experiments.runtime.errors import ConfigError
 from experiments.runtime.loop import Trainer
 from experiments.runtime.task import SupervisedTask
@@ -43,6 +44,8 @@ def _early_stopping():
 class EpochLog(keras.callbacks.Callback):
     """A callback with state of its own: the epochs it saw and an array per epoch."""
 
+    state_attributes = ("epochs", "kernels")
+
     def __init__(self):
         super().__init__()
         self.epochs, self.kernels = [], []
@@ -51,11 +54,33 @@ class EpochLog(keras.callbacks.Callback):
         self.epochs.append(epoch)
         self.kernels.append(self.model.weights[0].numpy())
 
+
+class Counter(keras.callbacks.Callback):
+    """State that is not plain attributes: the get_state / set_state protocol."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
     def get_state(self):
-        return {"epochs": self.epochs, "kernels": self.kernels}
+        return {"epochs": sorted(self.seen)}
 
     def set_state(self, state):
-        self.epochs, self.kernels = state["epochs"], state["kernels"]
+        self.seen = dict.fromkeys(state["epochs"], True)
+
+
+def test_state_of_attributes_protocol_and_stateless_callbacks():
+    log, counter = EpochLog(), Counter()
+    log.epochs, log.kernels = [0, 1], [np.ones(2)]
+    counter.seen = {2: True, 0: True}
+    assert get_callback_state(keras.callbacks.Callback()) is None
+    log_state = decode(encode(get_callback_state(log)))
+    counter_state = decode(encode(get_callback_state(counter)))
+    fresh_log, fresh_counter = EpochLog(), Counter()
+    set_callback_state(fresh_log, log_state)
+    set_callback_state(fresh_counter, counter_state)
+    assert fresh_log.epochs == [0, 1] and fresh_counter.seen == {0: True, 2: True}
+    np.testing.assert_array_equal(fresh_log.kernels[0], np.ones(2))
 
 
 def test_encode_decode_round_trip():
