@@ -33,6 +33,7 @@ from experiments.runtime import inputs
 from experiments.runtime import summaries
 from experiments.runtime.callback_state import CallbackStates
 from experiments.runtime.errors import ConfigError
+from experiments.runtime.strategy import worker_info
 from optimizers.clipping import clip_by_global_norm_across_replicas
 
 HISTORY_FILE = "history.json"
@@ -403,16 +404,47 @@ class Trainer:
 
     # ------------------------------------------------------------------------ public
     def restore(self):
-        """Restores the latest checkpoint, if any. Returns (whole epochs, global step)."""
-        if self._manager is None or self._manager.latest_checkpoint is None:
+        """Restores the latest checkpoint, if any. Returns (whole epochs, global step).
+
+        Under multi-worker each worker keeps its own checkpoints, saved at the same steps;
+        a job killed between two workers' saves leaves them one save apart. All workers then
+        restore the newest step they all hold, so they resume on the same batch.
+        """
+        if self._manager is None:
             return 0, 0
-        path = self._manager.latest_checkpoint
+        path = self._agreed_checkpoint()
+        if path is None:
+            return 0, 0
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
         checkpoint = (self._checkpoint if "callback_states" in saved
                       else self._checkpoint_without_callbacks)
         checkpoint.restore(path).assert_existing_objects_matched()
         self._totals.after_restore()
         return int(self.epoch.numpy()), int(self.optimizer.iterations.numpy())
+
+    def _agreed_checkpoint(self):
+        """The checkpoint to resume from: the latest, or under multi-worker the newest step
+        that every worker holds (None: start afresh)."""
+        if worker_info(self.strategy)[2] == 1:
+            return self._manager.latest_checkpoint
+        # The directory's checkpoint list: the manager's own leaves out entries without
+        # timestamps.
+        state = tf.train.get_checkpoint_state(self._manager.directory)
+        paths = {_checkpoint_step(p): p for p in (state.all_model_checkpoint_paths
+                                                  if state else [])}
+        latest = max(paths, default=0)
+        steps = _gather_from_workers(self.strategy, latest)
+        agreed = min(steps)
+        holds = _gather_from_workers(self.strategy, int(agreed == 0 or agreed in paths))
+        if not all(holds):
+            raise ConfigError(
+                f"the workers' checkpoints share no step (their latest: {sorted(set(steps))}); "
+                "restore a common checkpoint to every worker's model_dir or start afresh")
+        if agreed != latest:
+            self._say(f"resuming at step {agreed}, the newest checkpoint every worker holds "
+                      f"(this worker's latest is step {latest})" if agreed else
+                      "starting afresh: a worker holds no checkpoint")
+        return paths.get(agreed)
 
     def evaluate(self, make_dataset, steps=None):
         """Loss and metrics over a dataset of global batches (a partial last batch is fine).
@@ -649,6 +681,21 @@ def _known_steps(dataset):
     if cardinality == tf.data.INFINITE_CARDINALITY:
         raise ConfigError("the training data is infinite: pass steps_per_epoch")
     return None if cardinality == tf.data.UNKNOWN_CARDINALITY else cardinality
+
+
+def _checkpoint_step(path):
+    return int(path.rsplit("-", 1)[1])
+
+
+def _gather_from_workers(strategy, value):
+    """Every worker's int `value` (one per worker, in task order): a collective all workers
+    must issue."""
+    values = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant([value], tf.int64))
+    gathered = strategy.gather(values, axis=0).numpy()
+    # Several local replicas per worker each carry that worker's value.
+    per_worker = gathered.reshape(worker_info(strategy)[2], -1)[:, 0]
+    return [int(v) for v in per_worker]
 
 
 def _seed_generator_states(model):
