@@ -53,6 +53,12 @@ def check_batch_size(global_batch_size, num_replicas):
         )
 
 
+def passes_through(strategy):
+    """Whether `distribute` hands the dataset to the one replica unchanged."""
+    return strategy.num_replicas_in_sync == 1 and not isinstance(
+        strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
+
+
 def distribute(strategy, make_dataset, global_batch_size):
     """Distributes a dataset of global batches over the strategy's replicas.
 
@@ -65,8 +71,7 @@ def distribute(strategy, make_dataset, global_batch_size):
         A distributed dataset whose per-replica elements partition each global batch.
     """
     check_batch_size(global_batch_size, strategy.num_replicas_in_sync)
-    if strategy.num_replicas_in_sync == 1 and not isinstance(
-            strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)):
+    if passes_through(strategy):
         # One replica: the split is the identity, and tf.distribute's input machinery costs
         # ~100 ms per iterator on a CPU, paid every epoch and every evaluation.
         return make_dataset().prefetch(tf.data.AUTOTUNE)

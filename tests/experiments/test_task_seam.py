@@ -235,6 +235,33 @@ def test_jit_update_runs_an_execution_as_one_xla_loop_with_the_per_step_results(
     assert [t.shape.as_list() for t in tf.nest.flatten(signature[0])] == [[4, BATCH, STEPS]] * 3
 
 
+def test_tf_data_stacks_full_executions_with_the_per_step_results():
+    """jit_update, no checkpoint boundary cutting an execution short: tf.data stacks each
+    execution's batches in its background thread (6 steps, 4 per call: the second stack is
+    padded). Same weights, losses and metrics as one XLA launch per step, one compiled loop."""
+    results = {}
+    for name in ("per_step", "prestacked"):
+        trainer = _token_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), jit_compile=True,
+                                 jit_update=True, steps_per_execution=4)
+        calls = []
+        execution = trainer._train_prestacked_execution
+        trainer._train_prestacked_execution = lambda it: calls.append(1) or execution(it)
+        if name == "per_step":
+            trainer._jit_local_steps = None
+        results[name] = trainer, trainer.fit(_token_batches, 2), calls
+    (plain, r1, calls1), (whole, r2, calls2) = results["per_step"], results["prestacked"]
+    assert calls1 == [] and len(calls2) == 4  # 2 executions per epoch
+    for a, b in zip(plain.model.get_weights(), whole.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for h1, h2 in zip(r1.history, r2.history):
+        for key, value in h1["train"].items():
+            assert h2["train"][key] == pytest.approx(value, rel=1e-6), key
+    assert int(whole.optimizer.iterations.numpy()) == r1.steps == 12
+    (signature,) = [f.structured_input_signature[0]
+                    for f in whole._jit_local_steps._list_all_concrete_functions()]
+    assert [t.shape.as_list() for t in tf.nest.flatten(signature[0])] == [[4, BATCH, STEPS]] * 3
+
+
 class ExplodingTask(TokenTask):
     """TokenTask whose loss is multiplied by inf from the 5th optimizer step on."""
 
