@@ -405,7 +405,10 @@ class Trainer:
     def _prestacked_train_steps(self, iterator):
         # One element of `_stack_executions`: an execution's batches stacked (and padded) by
         # tf.data in its background thread, then the same XLA loop.
-        stacked, count = next(iterator)
+        element = iterator.get_next_as_optional()
+        if not element.has_value():  # the data ended before steps_per_epoch
+            return tf.constant([0.0, 0.0, 0.0, 0.0, 0.0, 1.0], tf.float64)
+        stacked, count = element.get_value()
         return self.strategy.experimental_local_results(
             self.strategy.run(self._jit_local_steps, args=(stacked, count)))[0]
 
