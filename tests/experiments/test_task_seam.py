@@ -223,16 +223,7 @@ def test_jit_update_runs_an_execution_as_one_xla_loop_with_the_per_step_results(
         results[name] = trainer, trainer.fit(_token_batches, 2), calls
     (plain, r1, calls1), (whole, r2, calls2) = results["per_step"], results["stacked"]
     assert calls1 == [] and sum(calls2) == 12 and max(calls2) == 3, calls2
-    for a, b in zip(plain.model.get_weights(), whole.model.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    for h1, h2 in zip(r1.history, r2.history):
-        for key, value in h1["train"].items():
-            assert h2["train"][key] == pytest.approx(value, rel=1e-6), key
-    assert int(whole.optimizer.iterations.numpy()) == r1.steps == 12
-    # Short executions reuse the one compiled loop: its stack has one static shape.
-    (signature,) = [f.structured_input_signature[0]
-                    for f in whole._jit_local_steps._list_all_concrete_functions()]
-    assert [t.shape.as_list() for t in tf.nest.flatten(signature[0])] == [[4, BATCH, STEPS]] * 3
+    _assert_same_training(plain, r1, whole, r2)
 
 
 def test_tf_data_stacks_full_executions_with_the_per_step_results():
@@ -251,12 +242,18 @@ def test_tf_data_stacks_full_executions_with_the_per_step_results():
         results[name] = trainer, trainer.fit(_token_batches, 2), calls
     (plain, r1, calls1), (whole, r2, calls2) = results["per_step"], results["prestacked"]
     assert calls1 == [] and len(calls2) == 4  # 2 executions per epoch
+    _assert_same_training(plain, r1, whole, r2)
+
+
+def _assert_same_training(plain, plain_result, whole, whole_result):
+    """Per-step and stacked training agree: weights, per-epoch logs, 12 steps, and one
+    compiled loop (short executions are padded to its one static shape)."""
     for a, b in zip(plain.model.get_weights(), whole.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    for h1, h2 in zip(r1.history, r2.history):
+    for h1, h2 in zip(plain_result.history, whole_result.history):
         for key, value in h1["train"].items():
             assert h2["train"][key] == pytest.approx(value, rel=1e-6), key
-    assert int(whole.optimizer.iterations.numpy()) == r1.steps == 12
+    assert int(whole.optimizer.iterations.numpy()) == plain_result.steps == 12
     (signature,) = [f.structured_input_signature[0]
                     for f in whole._jit_local_steps._list_all_concrete_functions()]
     assert [t.shape.as_list() for t in tf.nest.flatten(signature[0])] == [[4, BATCH, STEPS]] * 3
