@@ -20,7 +20,7 @@ Claims (fixed before looking at numbers; see `check_claims`):
 
 Command:   python -m experiments.word2vec [--quick] [--dataset=gensim_text|text8]
            [--corpus_file=a.txt,b.txt]
-Runtime:   --quick 39-45 s in `make run` on 2 idle cores (the first 300k tokens, 2 epochs,
+Runtime:   --quick 28-45 s in `make run` on 2 idle cores (the first 300k tokens, 2 epochs,
            alpha study with one seed, gensim on the same data; too small to decide the
            claims, and the report says so). Full (817k tokens, 5 epochs, 3 seeds x {alpha 0,
            0.75, 1, shared negatives}, gensim x 3 seeds): 16 min 56 s on the 2-core box
