@@ -132,3 +132,34 @@ def test_strategy_factory(two_cpus):
     assert good["task"]["index"] == 1
     with pytest.raises(ConfigError, match="not divisible"):
         inputs.check_batch_size(33, 2)
+
+
+def test_workers_agree_on_the_newest_checkpoint_they_all_hold(tmp_path, monkeypatch):
+    """The decision of `Trainer.restore` under multi-worker, with the peer's answers faked:
+    the newest step every worker holds is restored; a step some worker lacks is a ConfigError
+    on every worker. (Two real workers: tests/experiments/test_multi_worker.py.)"""
+    from experiments.runtime import loop
+
+    def trainer():
+        return Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), SupervisedTask(
+            _model, lambda: keras.optimizers.Adam(0.05),
+            keras.losses.SparseCategoricalCrossentropy(reduction=None)),
+            global_batch_size=32, model_dir=str(tmp_path), verbose=0)
+
+    trainer().fit(lambda e: epoch_batches(X, Y, 32, seed=0, epoch=e), 2)  # steps 3 and 6
+    monkeypatch.setattr(loop, "worker_info", lambda strategy: ("worker", 0, 2, True))
+
+    def peer_answers(latest, holds):
+        answers = iter([latest, holds])
+        monkeypatch.setattr(loop, "_gather_from_workers",
+                            lambda strategy, value: [value, next(answers)])
+
+    peer_answers(latest=3, holds=1)  # the peer was killed before its save of step 6
+    assert trainer().restore() == (1, 3)
+    peer_answers(latest=6, holds=1)
+    assert trainer().restore() == (2, 6)
+    peer_answers(latest=0, holds=1)  # the peer holds nothing: both start afresh
+    assert trainer().restore() == (0, 0)
+    peer_answers(latest=1, holds=1)  # step 1 was never saved here
+    with pytest.raises(ConfigError, match="share no step"):
+        trainer().restore()
