@@ -397,18 +397,20 @@ class Trainer:
                                            batch.get_value())
             count += 1
         if count == 0:  # the dataset had ended: no XLA launch on an empty stack
-            return tf.constant([0.0, 0.0, 0.0, 0.0, 0.0, 1.0], tf.float64)
-        stacked = tf.nest.map_structure(lambda array: array.stack(), arrays)
-        return self.strategy.experimental_local_results(
-            self.strategy.run(self._jit_local_steps, args=(stacked, count)))[0]
+            return _no_steps()
+        return self._run_stacked(tf.nest.map_structure(lambda array: array.stack(), arrays),
+                                 count)
 
     def _prestacked_train_steps(self, iterator):
         # One element of `_stack_executions`: an execution's batches stacked (and padded) by
         # tf.data in its background thread, then the same XLA loop.
         element = iterator.get_next_as_optional()
         if not element.has_value():  # the data ended before steps_per_epoch
-            return tf.constant([0.0, 0.0, 0.0, 0.0, 0.0, 1.0], tf.float64)
-        stacked, count = element.get_value()
+            return _no_steps()
+        return self._run_stacked(*element.get_value())
+
+    def _run_stacked(self, stacked, count):
+        """The one replica's XLA loop over `count` of the stacked batches."""
         return self.strategy.experimental_local_results(
             self.strategy.run(self._jit_local_steps, args=(stacked, count)))[0]
 
@@ -438,7 +440,8 @@ class Trainer:
     def _agreed_checkpoint(self):
         """The checkpoint to resume from: the latest, or under multi-worker the newest step
         that every worker holds (None: start afresh)."""
-        if worker_info(self.strategy)[2] == 1:
+        num_workers = worker_info(self.strategy)[2]
+        if num_workers == 1:
             return self._manager.latest_checkpoint
         # The directory's checkpoint list: the manager's own leaves out entries without
         # timestamps.
@@ -446,9 +449,10 @@ class Trainer:
         paths = {_checkpoint_step(p): p for p in (state.all_model_checkpoint_paths
                                                   if state else [])}
         latest = max(paths, default=0)
-        steps = _gather_from_workers(self.strategy, latest)
+        steps = _gather_from_workers(self.strategy, num_workers, latest)
         agreed = min(steps)
-        holds = _gather_from_workers(self.strategy, int(agreed == 0 or agreed in paths))
+        holds = _gather_from_workers(self.strategy, num_workers,
+                                     int(agreed == 0 or agreed in paths))
         if not all(holds):
             raise ConfigError(
                 f"the workers' checkpoints share no step (their latest: {sorted(set(steps))}); "
@@ -709,6 +713,11 @@ def _crossed(before, after, every):
     return after // every > before // every
 
 
+def _no_steps():
+    """An execution's sums when the data had ended before it: no step, finite."""
+    return tf.constant([0.0, 0.0, 0.0, 0.0, 0.0, 1.0], tf.float64)
+
+
 def _known_steps(dataset):
     """A dataset's number of batches, or None when tf.data cannot know it (read to the end)."""
     cardinality = int(dataset.cardinality())
@@ -742,14 +751,14 @@ def _checkpoint_step(path):
     return int(path.rsplit("-", 1)[1])
 
 
-def _gather_from_workers(strategy, value):
+def _gather_from_workers(strategy, num_workers, value):
     """Every worker's int `value` (one per worker, in task order): a collective all workers
     must issue."""
     values = strategy.experimental_distribute_values_from_function(
         lambda ctx: tf.constant([value], tf.int64))
     gathered = strategy.gather(values, axis=0).numpy()
     # Several local replicas per worker each carry that worker's value.
-    per_worker = gathered.reshape(worker_info(strategy)[2], -1)[:, 0]
+    per_worker = gathered.reshape(num_workers, -1)[:, 0]
     return [int(v) for v in per_worker]
 
 

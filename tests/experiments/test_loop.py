@@ -152,7 +152,7 @@ def test_workers_agree_on_the_newest_checkpoint_they_all_hold(tmp_path, monkeypa
     def peer_answers(latest, holds):
         answers = iter([latest, holds])
         monkeypatch.setattr(loop, "_gather_from_workers",
-                            lambda strategy, value: [value, next(answers)])
+                            lambda strategy, num_workers, value: [value, next(answers)])
 
     peer_answers(latest=3, holds=1)  # the peer was killed before its save of step 6
     assert trainer().restore() == (1, 3)
