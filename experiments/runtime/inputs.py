@@ -59,6 +59,20 @@ def passes_through(strategy):
         strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
 
 
+def untuned_options():
+    """Options that turn tf.data's autotuning off.
+
+    Its model thread re-plans at a period that doubles from 10 ms, and deleting an iterator
+    waits out the current period while the consumer is busy: 0.4-4.7 s at the end of a 5 s
+    word2vec epoch, the detector's epochs rounded up to 5.1 s (`benchmarks.iterator_teardown`).
+    The runtime makes an iterator per epoch and per evaluation. Without autotuning, prefetch
+    buffers still grow on demand, and AUTOTUNE parallel maps run min(16, cores) calls.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 def distribute(strategy, make_dataset, global_batch_size):
     """Distributes a dataset of global batches over the strategy's replicas.
 
@@ -74,7 +88,7 @@ def distribute(strategy, make_dataset, global_batch_size):
     if passes_through(strategy):
         # One replica: the split is the identity, and tf.distribute's input machinery costs
         # ~100 ms per iterator on a CPU, paid every epoch and every evaluation.
-        return make_dataset().prefetch(tf.data.AUTOTUNE)
+        return make_dataset().prefetch(tf.data.AUTOTUNE).with_options(untuned_options())
 
     def dataset_fn(ctx):
         local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
@@ -92,7 +106,7 @@ def distribute(strategy, make_dataset, global_batch_size):
             return tf.data.Dataset.range(local).map(piece)
 
         ds = make_dataset()
-        options = tf.data.Options()
+        options = untuned_options()
         options.deterministic = True
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF

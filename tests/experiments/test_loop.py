@@ -116,6 +116,19 @@ def test_distribute_partitions_every_global_batch(mirrored_two_cpus):
     assert seen == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8, 9], []]]
 
 
+def test_runtime_iterators_run_without_autotuning(mirrored_two_cpus):
+    # Deleting an autotuned iterator waits out its model thread's period (benchmarks.
+    # iterator_teardown): the runtime's per-epoch and per-evaluation iterators turn it off.
+    data = np.arange(8, dtype="int64")
+    make = lambda: tf.data.Dataset.from_tensor_slices(data).batch(4)  # noqa: E731
+    assert make().options().autotune.enabled is None  # tf.data's default: on
+    one = inputs.distribute(tf.distribute.OneDeviceStrategy("/cpu:0"), make, 4)
+    assert one.options().autotune.enabled is False
+    mirrored = inputs.distribute(mirrored_two_cpus, make, 4)
+    # tf.distribute keeps each worker's dataset in a private attribute.
+    assert [d.options().autotune.enabled for d in mirrored._datasets] == [False]
+
+
 def test_strategy_factory(two_cpus):
     assert isinstance(get_strategy("one_device"), tf.distribute.OneDeviceStrategy)
     assert isinstance(get_strategy("auto"), tf.distribute.OneDeviceStrategy)  # no GPUs here
