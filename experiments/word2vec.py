@@ -53,6 +53,10 @@ runtime.keep_freed_memory()
 PROBES = ("king", "war", "music", "city", "water", "french", "university", "game", "church")
 RESTRICT_VOCAB = 30_000  # the issue's "top 30,000"; larger than our vocabularies anyway
 METRICS = ("analogy", "ws353_spearman", "simlex_spearman")
+# W's initial range over d: gensim 4 draws U[-1/d, 1/d) (`keyedvectors.prep_vectors`), twice
+# word2vec.c's U[-0.5/d, 0.5/d). With word2vec.c's, WS353 was 0.167 vs 0.177 and SimLex 0.193
+# vs 0.198 (3 seeds each): the side by side uses gensim's.
+INIT_SCALES = {"gensim": 1.0, "word2vec_c": 0.5}
 
 flags.DEFINE_integer("window", 5, "Maximum skip-gram window (reduced per centre).", lower_bound=1)
 flags.DEFINE_integer("negatives", 5, "Noise words per pair (K).", lower_bound=1)
@@ -69,6 +73,9 @@ flags.DEFINE_string("corpus_file", None, "UTF-8 text file(s), comma-separated, o
 flags.DEFINE_integer("max_tokens", 0, "Train on the first this many tokens (0: all).",
                      lower_bound=0)
 flags.DEFINE_integer("vector_size", 100, "Dimension of the word vectors.", lower_bound=1)
+flags.DEFINE_enum("init", "gensim", list(INIT_SCALES),
+                  "Initial W: gensim 4's U[-1/d, 1/d) (the side-by-side peer's) or word2vec.c's "
+                  "U[-0.5/d, 0.5/d); C starts at zero in both.")
 flags.DEFINE_float("min_alpha", 1e-4, "Floor of the linearly decaying per-pair learning rate.",
                    lower_bound=0)
 flags.DEFINE_enum("gensim_baseline", "on", ["on", "off"],
@@ -117,6 +124,7 @@ class SkipGramTask(runtime.Task):
 
     Args:
         vocab_size, vector_size: Embedding shape.
+        init_scale: W starts uniform in [-init_scale / d, init_scale / d) (`INIT_SCALES`).
         learning_rate, min_alpha: Per-pair rate at step 0 and its floor.
         total_steps: Steps over which the rate decays linearly (then stays at the floor).
         global_batch_size: B; SGD gets B times the per-pair rate (the loss is a batch mean).
@@ -125,14 +133,16 @@ class SkipGramTask(runtime.Task):
     """
 
     def __init__(self, vocab_size, vector_size, *, learning_rate, min_alpha, total_steps,
-                 global_batch_size, shared_negatives=False, seed=0):
+                 global_batch_size, shared_negatives=False, seed=0,
+                 init_scale=INIT_SCALES["gensim"]):
         self.vocab_size, self.vector_size = vocab_size, vector_size
+        self.init_scale = init_scale
         self.learning_rate, self.min_alpha = learning_rate, min(min_alpha, learning_rate)
         self.total_steps, self.batch = max(int(total_steps), 1), global_batch_size
         self.shared_negatives, self.seed = shared_negatives, seed
 
     def build_model(self):
-        bound = 0.5 / self.vector_size
+        bound = self.init_scale / self.vector_size
         layer = SkipGram(self.vocab_size, self.vector_size, name="skipgram",
                          target_initializer=keras.initializers.RandomUniform(
                              -bound, bound, seed=self.seed))
@@ -232,7 +242,7 @@ def train_sgns(run, corpus, model_dir, *, seed, noise_exponent, shared_negatives
     task = SkipGramTask(len(corpus.vocab), c.vector_size, learning_rate=c.learning_rate,
                         min_alpha=c.min_alpha, total_steps=steps * epochs,
                         global_batch_size=c.batch_size, shared_negatives=shared_negatives,
-                        seed=seed)
+                        seed=seed, init_scale=INIT_SCALES[c.init])
     report = EpochReport(os.path.join(model_dir, "word2vec"), pipeline, corpus.vocab.words,
                          c.batch_size, evaluate)
     trainer = run.trainer(task, model_dir=model_dir, jit_update=True,

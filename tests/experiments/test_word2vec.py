@@ -40,7 +40,8 @@ def tiny_run(tmp_path_factory):
     model_dir = str(root / "run")
     results = word2vec.EXPERIMENT.run_local(
         model_dir, quick=True, corpus_file=corpus_file, max_tokens=0, epochs=2,
-        sample=0.0, learning_rate=0.1, vector_size=8, negatives=K, batch_size=256, steps_per_execution=8, jit_compile=False,
+        sample=0.0, learning_rate=0.05, vector_size=8, negatives=K, batch_size=256,
+        steps_per_execution=8, jit_compile=False,
         projector_words=20, gensim_baseline="on")
     return model_dir, results
 
@@ -112,6 +113,21 @@ def _task(shared=False, vocab=50, dim=4, batch=16):
     return word2vec.SkipGramTask(vocab, dim, learning_rate=0.025, min_alpha=1e-4,
                                  total_steps=100, global_batch_size=batch,
                                  shared_negatives=shared, seed=1)
+
+
+@pytest.mark.parametrize("init, scale", [("gensim", 1.0), ("word2vec_c", 0.5)])
+def test_initial_vectors_span_the_peer_range(init, scale):
+    # gensim 4: U[-1/d, 1/d) for W (keyedvectors.prep_vectors); word2vec.c: U[-0.5/d, 0.5/d).
+    # C starts at zero in both.
+    dim = 100
+    task = word2vec.SkipGramTask(2000, dim, learning_rate=0.025, min_alpha=1e-4,
+                                 total_steps=100, global_batch_size=16, seed=1,
+                                 init_scale=word2vec.INIT_SCALES[init])
+    w, c = word2vec.word_vectors(task.build_model())
+    bound = scale / dim
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+    assert abs(float(w.std()) - bound / np.sqrt(3)) < 0.01 * bound  # uniform's SD
+    assert not c.any()
 
 
 def _batch(vocab=50, batch=16, shared=False, seed=0):
