@@ -8,7 +8,8 @@ This consumes a prefetched dataset with a busy XLA step for about `seconds` and 
 (`inputs.untuned_options()`, autotuning off), alternating.
 
 Run: `python -m benchmarks.iterator_teardown [--rounds=N]`. Measured on the 2-core box
-(README, "The runtime"): see there.
+(README, "GPUs, several GPUs, several machines"): after 1 / 2 / 4 s,
+0.26 / 0.54 / 1.10 s with autotuning, 0.001 s without.
 """
 
 import sys
@@ -61,7 +62,10 @@ def main(argv):
     rounds = 3
     for arg in argv:
         if arg.startswith("--rounds="):
-            rounds = int(arg.split("=", 1)[1])
+            value = arg.split("=", 1)[1]
+            if not value.isdigit() or int(value) < 1:
+                sys.exit(f"--rounds must be a positive integer, got {value!r}")
+            rounds = int(value)
     step = _busy_step()
     teardown_seconds(step, 0.2, True)  # compile
     print(f"{'consumed (s)':>12}{'autotune on: del (s)':>24}{'off: del (s)':>16}")

@@ -23,8 +23,8 @@ Command:   python -m experiments.word2vec [--quick] [--dataset=gensim_text|text8
 Runtime:   --quick 28-45 s in `make run` on 2 idle cores (the first 300k tokens, 2 epochs,
            alpha study with one seed, gensim on the same data; too small to decide the
            claims, and the report says so). Full (817k tokens, 5 epochs, 3 seeds x {alpha 0,
-           0.75, 1, shared negatives}, gensim x 3 seeds): 16 min 56 s on the 2-core box
-           while the test suite shared it; 2/5 claims confirmed (README, "word2vec").
+           0.75, 1, shared negatives}, gensim x 3 seeds): 7 min 26 s on 2 idle cores;
+           2/5 claims confirmed (README, "word2vec").
 Expected:  README.md, "word2vec" (the embedded corpus is small: analogy accuracy is
            a few percent for gensim and for us).
 """
