@@ -70,16 +70,23 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(tmp_path):
     killed = str(tmp_path / "killed")
     child = subprocess.Popen(experiment_cmd(MODULE, f"--model_dir={killed}", *flags), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(killed, "checkpoints", "ckpt-130.index")  # epoch 4, step 4
+    # Killed once the checkpoint list names step 130 (epoch 4, step 4) or later: its index
+    # file alone appears before the list is updated, and a kill in between left the latest
+    # checkpoint at the epoch end before it.
+    directory = os.path.join(killed, "checkpoints")
+
+    def latest_step():
+        latest = tf.train.latest_checkpoint(directory)
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
+
     deadline = time.time() + 240
-    while not os.path.exists(checkpoint) and time.time() < deadline and child.poll() is None:
-        time.sleep(0.01)
+    while latest_step() < 130 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.002)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not os.path.exists(os.path.join(killed, "results.json"))
-    latest = tf.train.latest_checkpoint(os.path.join(killed, "checkpoints"))
-    assert int(latest.rsplit("-", 1)[1]) % 42, "the kill should land after a mid-epoch save"
+    assert latest_step() % 42, "the kill should land after a mid-epoch save"
 
     proc = run_experiment(MODULE, f"--model_dir={killed}", *flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
