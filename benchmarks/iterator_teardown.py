@@ -18,6 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import positive_int_flag
 from experiments.runtime import inputs
 
 LIFETIMES = (0.5, 1.0, 2.0, 4.0)  # seconds of consumption before the delete
@@ -59,13 +60,7 @@ def teardown_seconds(step, seconds, untuned):
 
 
 def main(argv):
-    rounds = 3
-    for arg in argv:
-        if arg.startswith("--rounds="):
-            value = arg.split("=", 1)[1]
-            if not value.isdigit() or int(value) < 1:
-                sys.exit(f"--rounds must be a positive integer, got {value!r}")
-            rounds = int(value)
+    rounds = positive_int_flag(argv, "rounds", 3)
     step = _busy_step()
     teardown_seconds(step, 0.2, True)  # compile
     print(f"{'consumed (s)':>12}{'autotune on: del (s)':>24}{'off: del (s)':>16}")

@@ -26,6 +26,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import positive_int_flag
+
 VOCAB, DIM, BATCH, STEPS, CONTEXTS = 16_000, 100, 1024, 50, 6
 
 
@@ -95,7 +97,7 @@ def run(rounds=5, calls=10):
 
 
 def main(argv):
-    rounds = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--rounds=")), 5)
+    rounds = positive_int_flag(argv, "rounds", 5)
     rates, lost = run(rounds)
     print(f"SGNS XLA step, {BATCH} pairs x {CONTEXTS} contexts, {DIM}-d, {VOCAB:,} words, "
           f"{STEPS} steps per launch; {os.cpu_count()} CPUs; median of {rounds} rounds")

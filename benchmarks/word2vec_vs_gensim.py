@@ -23,16 +23,12 @@ import statistics
 import sys
 import tempfile
 
+from benchmarks import positive_int_flag
+
 
 def main(argv):
     quick = "--quick" in argv
-    repeats = 1
-    for arg in argv:
-        if arg.startswith("--repeats="):
-            value = arg.split("=", 1)[1]
-            if not value.isdigit() or int(value) < 1:
-                sys.exit(f"--repeats must be a positive integer, got {value!r}")
-            repeats = int(value)
+    repeats = positive_int_flag(argv, "repeats", 1)
     from experiments import word2vec
 
     settings = {"noise_study": ["0.75"], "study_seeds": 1, "gensim_baseline": "on",
