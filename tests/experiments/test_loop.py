@@ -129,7 +129,9 @@ def test_runtime_iterators_run_without_autotuning(mirrored_two_cpus):
     assert [d.options().autotune.enabled for d in mirrored._datasets] == [False]
 
 
-def test_training_scalars_hold_each_logged_step_and_its_learning_rate(tmp_path):
+@pytest.mark.parametrize("strategy_name", ["one_device", "mirrored"])
+def test_training_scalars_hold_each_logged_step_and_its_learning_rate(tmp_path, request,
+                                                                      strategy_name):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
@@ -139,8 +141,10 @@ def test_training_scalars_hold_each_logged_step_and_its_learning_rate(tmp_path):
         def on_train_batch_end(self, batch, logs=None):
             losses.append(logs["loss"])
 
+    strategy = (tf.distribute.OneDeviceStrategy("/cpu:0") if strategy_name == "one_device"
+                else request.getfixturevalue("mirrored_two_cpus"))
     schedule = keras.optimizers.schedules.PolynomialDecay(0.1, 9, 0.01)
-    trainer = Trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), SupervisedTask(
+    trainer = Trainer(strategy, SupervisedTask(
         _model, lambda: keras.optimizers.SGD(schedule),
         keras.losses.SparseCategoricalCrossentropy(reduction=None)),
         global_batch_size=32, model_dir=str(tmp_path), log_every_steps=2, verbose=0,
