@@ -128,6 +128,14 @@ def test_initial_vectors_span_the_peer_range(init, scale):
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
     assert abs(float(w.std()) - bound / np.sqrt(3)) < 0.01 * bound  # uniform's SD
     assert not c.any()
+    if init == "gensim":  # the peer's own vectors before training span the same range
+        from gensim.models import Word2Vec
+
+        peer = Word2Vec(vector_size=dim, min_count=1, sg=1, seed=1)
+        peer.build_vocab([[f"w{i}" for i in range(2000)]])
+        assert np.abs(peer.wv.vectors).max() == pytest.approx(np.abs(w).max(), rel=1e-3)
+        assert float(peer.wv.vectors.std()) == pytest.approx(float(w.std()), rel=0.02)
+        assert not peer.syn1neg.any()
 
 
 def _batch(vocab=50, batch=16, shared=False, seed=0):
