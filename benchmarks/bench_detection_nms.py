@@ -30,6 +30,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import positive_int_flag
 from benchmarks.bench_nms import paired_median_ms
 
 
@@ -123,7 +124,7 @@ def run(quick=False, raw=None, repeats=None):
 def main():
     args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:] if "=" in a)
     source, rows, hub = run(quick="--quick" in sys.argv, raw=args.get("raw"),
-                            repeats=int(args["repeats"]) if "repeats" in args else None)
+                            repeats=positive_int_flag(sys.argv[1:], "repeats", None))
     print(f"inputs: {source}; 1-minute load average {os.getloadavg()[0]:.2f} on "
           f"{os.cpu_count()} CPUs")
     print("class-wise: ours = DetectionPostprocess, peer = tf.image.combined_non_max_suppression")
