@@ -138,6 +138,37 @@ def test_initial_vectors_span_the_peer_range(init, scale):
         assert not peer.syn1neg.any()
 
 
+def test_gensim_baseline_decays_its_learning_rate_with_the_words(monkeypatch):
+    # Two long sentences, then 20 short ones: gensim's jobs hold <= 10,000 words, so the first
+    # job is one long sentence (1 of 22 sentences, 9,000 of 19,000 words). Its progress must be
+    # counted in words, as word2vec.c and our schedule count it, not in sentences.
+    from gensim.models import Word2Vec
+
+    from experiments.data.corpus import build_corpus
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(50)]
+    documents = [list(rng.choice(vocab, n)) for n in [9000, 9000] + [50] * 20]
+    corpus = build_corpus(documents, min_count=1)
+    progress = []
+    real_next_alpha = Word2Vec._get_next_alpha
+
+    def spy(self, epoch_progress, cur_epoch):
+        progress.append((cur_epoch, epoch_progress))
+        return real_next_alpha(self, epoch_progress, cur_epoch)
+
+    monkeypatch.setattr(Word2Vec, "_get_next_alpha", spy)
+    settings = {k: word2vec.flags.FLAGS[k].default for k in (  # the flags the experiment passes
+        "negatives", "window", "sample", "noise_exponent", "min_alpha")}
+    settings.update(learning_rate=0.025, vector_size=8, min_count=1)
+    vectors, words, _ = word2vec.train_gensim(
+        corpus, type("Config", (), settings), seed=0, epochs=2)
+    assert vectors.shape == (50, 8) and sorted(words) == sorted(vocab)
+    # The rate of each epoch's second job (counted in sentences it would be 1/22 = 0.045).
+    after_first_job = sorted(p for p in progress if p[1] > 0)
+    assert after_first_job == [(0, pytest.approx(9000 / 19000)), (1, pytest.approx(9000 / 19000))]
+
+
 def _batch(vocab=50, batch=16, shared=False, seed=0):
     rng = np.random.default_rng(seed)
     context = rng.integers(0, vocab, batch)
