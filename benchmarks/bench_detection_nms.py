@@ -20,6 +20,11 @@ interleaved in alternating order (`bench_nms.paired_median_ms`, median of `--rep
 so that load drift on a shared box hits both alike; the 1-minute load average is printed. The
 target: ours <= 1.0x the fastest peer doing the same job.
 
+Also printed, apart from the ratio: ours inside the caller's own XLA program
+(`tf.function(jit_compile=True)`, as Keras compiles `predict` with `jit_compile="auto"` where
+there is a GPU), timed against tf.image in a pair of its own. tf.image's combined kernel has
+no XLA lowering, so it cannot run there at all (`tf.image (plain)` is its only mode).
+
     python -m benchmarks.bench_detection_nms [--quick] [--raw=PATH] [--repeats=N]
 """
 
@@ -81,6 +86,7 @@ def run(quick=False, raw=None, repeats=None):
     repeats = repeats or (5 if quick else 20)
     ours_layer = DetectionPostprocess(num_classes, max_detections=100, iou_threshold=0.5)
     ours = tf.function(lambda b, s: ours_layer([b, s]))
+    ours_xla = tf.function(lambda b, s: ours_layer([b, s]), jit_compile=True)
     tf_image = tf.function(lambda b, s: tf.image.combined_non_max_suppression(
         b[:, :, None], s, 100, 100, 0.5, 0.05, clip_boxes=False))
     hub_cls = _keras_hub_nms()
@@ -97,11 +103,11 @@ def run(quick=False, raw=None, repeats=None):
         b = tf.constant(boxes[:batch])
         s = tf.constant(scores[:batch])
         mine, ref = ours(b, s), tf_image(b, s)
+        ref = (ref.nmsed_boxes, ref.nmsed_scores, tf.cast(ref.nmsed_classes, tf.int32),
+               ref.valid_detections)
         row = {"batch": int(b.shape[0]), "candidates/image": boxes.shape[1] * num_classes,
                "live/image": float((scores[:batch] > 0.05).sum(axis=(1, 2)).mean()),
-               "identical": _same(mine, (ref.nmsed_boxes, ref.nmsed_scores,
-                                         tf.cast(ref.nmsed_classes, tf.int32),
-                                         ref.valid_detections))}
+               "identical": _same(mine, ref) and _same(ours_xla(b, s), ref)}
         if hub_cls is not None:
             a = agnostic(b, s)
             # keras-hub's selections under tf.function differ from its own eager ones (Grappler's
@@ -113,6 +119,8 @@ def run(quick=False, raw=None, repeats=None):
         # calls interleaved with them.
         times = paired_median_ms([ours, tf_image], (b, s), repeats)
         row.update(ours_ms=times[0], tf_image_ms=times[1], ratio=times[0] / times[1])
+        xla_times = paired_median_ms([ours_xla, tf_image], (b, s), repeats)
+        row.update(ours_xla_ms=xla_times[0], xla_ratio=xla_times[0] / xla_times[1])
         if hub_cls is not None:
             times += paired_median_ms([agnostic, hub], (b, s), repeats)
             row.update(agnostic_ms=times[2], hub_ms=times[3], hub_ratio=times[2] / times[3],
@@ -129,11 +137,11 @@ def main():
           f"{os.cpu_count()} CPUs")
     print("class-wise: ours = DetectionPostprocess, peer = tf.image.combined_non_max_suppression")
     print(f"{'batch':>5} {'cand/img':>9} {'live/img':>8} {'ours ms':>9} {'tf.image ms':>12} "
-          f"{'ratio':>7} {'identical':>9}")
+          f"{'ratio':>7} {'identical':>9} {'ours in XLA caller ms':>22} {'vs tf.image':>12}")
     for r in rows:
         print(f"{r['batch']:>5} {r['candidates/image']:>9} {r['live/image']:>8.1f} "
               f"{r['ours_ms']:>9.2f} {r['tf_image_ms']:>12.2f} {r['ratio']:>6.2f}x "
-              f"{str(r['identical']):>9}")
+              f"{str(r['identical']):>9} {r['ours_xla_ms']:>22.2f} {r['xla_ratio']:>11.2f}x")
     if not hub:
         print("keras-hub NonMaxSuppression: skipped (keras_hub not installed; "
               "pip install keras-hub)")

@@ -449,10 +449,8 @@ def _sparse_detections(seed, batch, n, num_classes, live_counts):
 def test_multiclass_compaction_keeps_every_box_tf_image_keeps(jit_compile, monkeypatch):
     # Live counts straddle the compaction widths (16, 32, 64, N = 100): an image with no live
     # box, exactly 16, 17, 32, 33 and all 100; each batch compacts to its own width (16, 64,
-    # 100). These batches are small, which skips the compaction unless SMALL_BATCH is lowered.
-    # Without XLA, batches are also split in two parallel halves (as large batches are), each
-    # compacted to its own width.
-    monkeypatch.setattr(nms_module, "SMALL_BATCH", 0)
+    # 100). Without XLA, batches are also split in two parallel halves (as large batches are),
+    # each compacted to its own width.
     if not jit_compile:
         monkeypatch.setattr(nms_module, "PARALLEL_MIN_BATCH", 2)
     ours = tf.function(
@@ -469,6 +467,46 @@ def test_multiclass_compaction_keeps_every_box_tf_image_keeps(jit_compile, monke
             picked = scores[np.arange(len(count))[:, None], box_idx, classes]
             valid = np.arange(box_idx.shape[1])[None] < count[:, None]
             np.testing.assert_array_equal(np.where(valid, picked, 0), selected)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+@pytest.mark.parametrize("static_batch", [True, False])
+def test_multiclass_stragglers_finish_alone_as_tf_image_selects(jit_compile, static_batch,
+                                                                monkeypatch):
+    # 12 images from 0 to 100 live boxes finish at very different steps: once at most 12 // 4 =
+    # 3 have candidates left, those 3 go on in a loop of their own and their selections are
+    # written back to their rows (batches this small do so only with STRAGGLERS_MIN_BATCH
+    # lowered). A batch whose size is only known at run time runs one loop.
+    monkeypatch.setattr(nms_module, "STRAGGLERS_MIN_BATCH", 4)
+    live_counts = (0, 100, 3, 5, 8, 13, 20, 30, 2, 40, 60, 80)
+    boxes, scores = _sparse_detections(80, len(live_counts), 100, 4, live_counts)
+    batch = len(live_counts) if static_batch else None
+    signature = [tf.TensorSpec([batch, 100, 4]), tf.TensorSpec([batch, 100, 4]),
+                 tf.TensorSpec([])]
+    for k, iou in [(7, 0.3), (400, 0.5), (400, 0.7)]:
+        ours = tf.function(lambda b, s, t, k=k: multiclass_non_max_suppression(
+            b, s, k, t, 0.05, jit_compile=jit_compile), input_signature=signature)
+        box_idx, classes, selected, count, selected_boxes = (
+            t.numpy() for t in ours(boxes, scores, iou)
+        )
+        assert len(set(count)) > 4  # images stop at many different steps
+        _assert_equals_combined_nms(boxes, scores, k, iou, count, selected, selected_boxes,
+                                    classes)
+
+
+def test_compaction_width_is_the_smallest_that_holds_every_image():
+    from layers.nms import _compaction_widths, _width_index
+
+    widths = _compaction_widths(100)
+    assert widths == [16, 32, 64, 100]
+    assert _compaction_widths(64) == [16, 32, 64]
+    assert _compaction_widths(3) == [3]  # one width, no compaction
+    assert int(_width_index(tf.ones([2, 3, 2]), tf.constant(0.05), [3])) == 0
+    for live_counts, expected in [((0,), 16), ((0, 16, 3), 16), ((17, 2), 32), ((33,), 64),
+                                  ((64, 1), 64), ((65,), 100), ((100, 0), 100)]:
+        _, scores = _sparse_detections(70, len(live_counts), 100, 3, live_counts)
+        index = int(_width_index(tf.constant(scores), tf.constant(0.05), widths))
+        assert widths[index] == expected, live_counts
 
 
 def test_live_cells_compaction_keeps_live_boxes_in_order():
