@@ -23,7 +23,7 @@ target: ours <= 1.0x the fastest peer doing the same job.
 Also printed, apart from the ratio: ours inside the caller's own XLA program
 (`tf.function(jit_compile=True)`, as Keras compiles `predict` with `jit_compile="auto"` where
 there is a GPU), timed against tf.image in a pair of its own. tf.image's combined kernel has
-no XLA lowering, so it cannot run there at all (`tf.image (plain)` is its only mode).
+no XLA lowering, so it cannot run there at all: a plain `tf.function` is its only mode.
 
     python -m benchmarks.bench_detection_nms [--quick] [--raw=PATH] [--repeats=N]
 """
