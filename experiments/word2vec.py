@@ -272,7 +272,7 @@ def train_gensim(corpus, config, seed, epochs):
                      workers=2, seed=seed)
     model.build_vocab(sentences)
     start = time.perf_counter()
-    effective, _ = model.train(sentences, total_words=sum(map(len, sentences)), epochs=epochs)
+    effective, _ = model.train(sentences, total_words=corpus.num_tokens, epochs=epochs)
     seconds = time.perf_counter() - start
     return model.wv.vectors, list(model.wv.index_to_key), {
         "seconds": seconds, "effective_words": effective,
