@@ -73,6 +73,11 @@ flags.DEFINE_integer(
     "Training steps run inside one tf.function call (fewer Python round trips for tiny "
     "steps; the numbers are identical).", lower_bound=1)
 flags.DEFINE_integer(
+    "parallel_copies", 1,
+    "With --jit_compile on one device (sparse SGD models such as word2vec): train this many "
+    "copies of the model on as many threads, an execution each, and add up their changes "
+    "after every round (deterministic Hogwild; see runtime/loop.py).", lower_bound=1)
+flags.DEFINE_integer(
     "checkpoint_every_steps", None,
     "Also checkpoint every this many global steps, mid-epoch; a killed run resumes on the "
     "next batch. Default: at epoch ends only.", lower_bound=1)

@@ -15,14 +15,23 @@ and every `checkpoint_every_steps`, with the position in the epoch and the callb
 (`callback_state.py`: early stopping's patience and best weights, a topic's curves), so a
 killed run resumes on the very next batch and goes on as the uninterrupted run would; a
 non-finite loss stops the run and records the step.
+
+`parallel_copies` trains sparse models (word2vec) on several CPU cores: TensorFlow holds an XLA
+launch's variables for the whole launch, so two threads stepping the same variables take
+turns. Instead N threads each step their own copy of the model through one execution, and
+the copies' changes are then summed into the model, as gensim's Hogwild threads each add
+their updates to the shared vectors (see `Trainer`).
 """
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sys
 import time
+import typing
 
 import keras
 import numpy as np
@@ -120,6 +129,15 @@ class _EpochTotals:
                 "regularization_loss": float(regularization / max(steps, 1))}
 
 
+class _ModelCopy(typing.NamedTuple):
+    """A copy of the model that a thread steps through one execution of a round."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    metrics: list
+    train_steps: object  # its XLA loop, `Trainer._local_train_steps` bound to this copy
+
+
 class Trainer:
     """Trains a `Task` with `strategy.run`, writing summaries and checkpoints.
 
@@ -143,6 +161,17 @@ class Trainer:
             When no checkpoint boundary cuts an execution short, tf.data does the stacking in
             its background thread (`_stack_executions`), off the training thread.
         steps_per_execution: Training steps run inside one `tf.function` call.
+        parallel_copies: With `jit_update` on one replica, train in rounds of this many
+            executions, one per thread, each stepping its own copy of the model from the
+            same starting weights; after a round the model is its weights plus the sum of
+            the copies' changes (each copy's `count` steps take the learning rate at their
+            own place in the schedule). For sparse updates on a multi-core CPU, where one
+            XLA launch runs on one core: word2vec's rows rarely collide within a round, so
+            this is the Hogwild training gensim's threads do, made deterministic. Needs
+            tf.data's stacking (no checkpoint boundary inside an execution; otherwise one
+            thread trains), a model without non-trainable variables and an optimizer
+            without slots (plain SGD): summed changes of a moment estimate or a moving
+            mean mean nothing. Metrics' sums and counts add up the same way.
         checkpoint_every_steps: Also checkpoint every this many global steps (mid-epoch).
         log_every_steps: Scalars and progress are written every this many steps.
         verbose: 0 silent, 1 a progress bar on a terminal or one line per epoch otherwise.
@@ -152,8 +181,8 @@ class Trainer:
 
     def __init__(self, strategy, task, global_batch_size, *, model_dir=None, callbacks=(),
                  clip_norm=None, jit_compile=False, jit_update=False, steps_per_execution=1,
-                 checkpoint_every_steps=None, log_every_steps=50, verbose=1, is_chief=True,
-                 max_checkpoints=2):
+                 parallel_copies=1, checkpoint_every_steps=None, log_every_steps=50,
+                 verbose=1, is_chief=True, max_checkpoints=2):
         self.strategy = strategy
         self.task = task
         self.global_batch_size = global_batch_size
@@ -167,6 +196,9 @@ class Trainer:
         inputs.check_batch_size(global_batch_size, strategy.num_replicas_in_sync)
         if self.steps_per_execution < 1:
             raise ConfigError("--steps_per_execution must be >= 1")
+        self.parallel_copies = int(parallel_copies)
+        if self.parallel_copies < 1:
+            raise ConfigError("--parallel_copies must be >= 1")
 
         with strategy.scope():
             self.model = task.build_model()
@@ -210,6 +242,7 @@ class Trainer:
                                 and strategy.num_replicas_in_sync == 1 else None)
         self._jit_local_steps = (tf.function(self._local_train_steps, jit_compile=True)
                                  if self._jit_local_step is not None else None)
+        self._copies = self._build_copies() if self.parallel_copies > 1 else []
         self._train_execution = tf.function(self._distributed_train_steps)
         self._train_stacked_execution = tf.function(self._stacked_train_steps)
         self._train_prestacked_execution = tf.function(self._prestacked_train_steps)
@@ -218,15 +251,15 @@ class Trainer:
         self._write_train_scalars = tf.function(self._train_scalars)
 
     # ----------------------------------------------------------------- replica functions
-    def _task_loss(self, batch, training):
-        out = self.task.compute_loss(self.model, batch, training)
+    def _task_loss(self, batch, training, model=None):
+        out = self.task.compute_loss(self.model if model is None else model, batch, training)
         if len(out) == 2:
             out = (*out, None)
         loss_sum, weight, outputs = out
         return tf.cast(loss_sum, tf.float32), tf.cast(weight, tf.float32), outputs
 
-    def _regularization(self):
-        losses = self.model.losses
+    def _regularization(self, model=None):
+        losses = (self.model if model is None else model).losses
         if not losses:
             return tf.constant(0.0)
         return tf.add_n([tf.cast(l, tf.float32) for l in losses])
@@ -246,27 +279,28 @@ class Trainer:
                      else [None] * len(variables))
         return loss_sum, weight, regularization, outputs, data_grads, reg_grads
 
-    def _local_train_step(self, batch):
+    def _local_train_step(self, batch, copy=None):
         """The whole step of a single replica (forward, backward, update), XLA-compiled.
 
         With one replica the global weight is the local one: no all-reduce is needed, so
         the gradient of loss_sum / weight + regularisation is taken and applied in one XLA
-        computation (`jit_update`).
+        computation (`jit_update`). `copy`: the `_ModelCopy` to step (default: the model).
         """
-        variables = self.model.trainable_variables
+        model, optimizer = (self.model, self.optimizer) if copy is None else copy[:2]
+        variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            loss_sum, weight, outputs = self._task_loss(batch, training=True)
+            loss_sum, weight, outputs = self._task_loss(batch, training=True, model=model)
             objective = tf.math.divide_no_nan(loss_sum, weight)
-            regularization = self._regularization()
-            if self.model.losses:
+            regularization = self._regularization(model)
+            if model.losses:
                 objective += regularization
         grads = tape.gradient(objective, variables)
         if self.clip_norm:
             grads = clip_by_global_norm_across_replicas(grads, self.clip_norm)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, variables))
         return loss_sum, weight, regularization, outputs
 
-    def _local_train_steps(self, batches, count):
+    def _local_train_steps(self, batches, count, copy=None):
         """`_local_train_step` and the metrics update over stacked batches, in one XLA loop.
 
         Args:
@@ -275,6 +309,7 @@ class Trainer:
                 short (epoch end, checkpoint) reuses the compiled loop instead of compiling
                 another (~2 s on a CPU).
             count: int32 scalar, the steps to run.
+            copy: The `_ModelCopy` to step (default: the model).
 
         Returns:
             The vector of `_run_steps`; like it, the loop stops after a non-finite loss.
@@ -282,8 +317,9 @@ class Trainer:
 
         def body(i, loss_total, weight_total, reg_total, last_loss, finite):
             batch = tf.nest.map_structure(lambda t: t[i], batches)
-            loss_sum, weight, regularization, outputs = self._local_train_step(batch)
-            self.task.update_metrics(self.metrics, batch, outputs)
+            loss_sum, weight, regularization, outputs = self._local_train_step(batch, copy)
+            self.task.update_metrics(self.metrics if copy is None else copy.metrics, batch,
+                                     outputs)
             loss = loss_sum / tf.maximum(weight, 1e-12) + regularization
             return (i + 1, loss_total + tf.cast(loss_sum, tf.float64),
                     weight_total + tf.cast(weight, tf.float64),
@@ -414,6 +450,67 @@ class Trainer:
         """The one replica's XLA loop over `count` of the stacked batches."""
         return self.strategy.experimental_local_results(
             self.strategy.run(self._jit_local_steps, args=(stacked, count)))[0]
+
+    def _train_round(self, iterator, pool):
+        """Up to `parallel_copies` executions side by side, one per model copy, then merged.
+
+        The model steps through the first execution on this thread while each copy steps
+        through one of the next on `pool`'s threads, all from the same weights; then each
+        copy's change is added to the model. Returns the executions' sums, as one would.
+        """
+        elements = []
+        for _ in range(self.parallel_copies):
+            element = iterator.get_next_as_optional()
+            if not element.has_value():
+                break
+            elements.append(element.get_value())
+        if len(elements) <= 1:
+            return self._run_stacked(*elements[0]) if elements else _no_steps()
+        counts = [int(count) for _, count in elements]
+        # Copy k's schedule starts where the executions before it end.
+        self._start_round(len(elements) - 1, tf.constant(np.cumsum(counts)[:-1], tf.int64))
+        futures = [pool.submit(self.strategy.run, copy.train_steps, args=element)
+                   for copy, element in zip(self._copies, elements[1:])]
+        sums = [self._run_stacked(*elements[0])] + [
+            self.strategy.experimental_local_results(future.result())[0] for future in futures]
+        self._end_round(len(elements) - 1)
+        sums = np.stack([s.numpy() for s in sums])
+        # Summed: losses, weights, regularisation and steps; the last loss; all finite.
+        return tf.constant([*sums[:, :4].sum(0), sums[-1, 4], sums[:, 5].min()], tf.float64)
+
+    def _copy_train_steps(self, copy):
+        def train_steps(batches, count):
+            return self._local_train_steps(batches, count, copy)
+
+        return train_steps
+
+    def _merged_variables(self, copy=None):
+        """The variables a round merges: trainable weights, then the metrics' sums."""
+        model, metrics = (self.model, self.metrics) if copy is None else (copy.model,
+                                                                          copy.metrics)
+        return [*model.trainable_variables, *(v for m in metrics for v in m.variables)]
+
+    def _start_round_fn(self, copies, offsets):
+        """Copies (and the round's base) take the model's weights; copy k's step counter
+        starts `offsets[k]` steps on, its learning rate the model's."""
+        values = self._merged_variables()
+        for base, value in zip(self._round_base, values):
+            base.assign(value)
+        learning_rate = getattr(self.optimizer, "_learning_rate", None)
+        for k, copy in enumerate(self._copies[:copies]):
+            for target, value in zip(self._merged_variables(copy), values):
+                target.assign(value)
+            copy.optimizer.iterations.assign(self.optimizer.iterations + offsets[k])
+            if isinstance(learning_rate, keras.Variable):
+                copy.optimizer._learning_rate.assign(learning_rate)
+
+    def _end_round_fn(self, copies):
+        """The model's weights plus every copy's change; its step counter, the last copy's."""
+        used = self._copies[:copies]
+        changed = [self._merged_variables(copy) for copy in used]
+        for i, (value, base) in enumerate(zip(self._merged_variables(), self._round_base)):
+            value.assign_add(tf.add_n([variables[i] - base for variables in changed]))
+        self.optimizer.iterations.assign(used[-1].optimizer.iterations)
 
     def _distributed_eval_steps(self, iterator, max_steps):
         return self._run_steps(self._replica_eval_step, iterator, max_steps, False)
@@ -580,10 +677,43 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------- helpers
+    def _build_copies(self):
+        """The `parallel_copies - 1` model copies that train beside the model in a round."""
+        if self._jit_local_steps is None or not (
+                isinstance(self.strategy, tf.distribute.OneDeviceStrategy)
+                or (self.strategy is tf.distribute.get_strategy()
+                    and not tf.distribute.has_strategy())):
+            raise ConfigError(f"--parallel_copies={self.parallel_copies} needs --jit_compile "
+                              "(with jit_update) on one device (--strategy=auto or "
+                              "one_device); pass --parallel_copies=1 otherwise")
+        if self.model.non_trainable_variables:
+            raise ConfigError(f"--parallel_copies > 1 needs a model without non-trainable "
+                              f"variables; {self.model.name} has "
+                              f"{len(self.model.non_trainable_variables)}")
+        slots = [v.path for v in self.optimizer.variables if v is not self.optimizer.iterations
+                 and v is not getattr(self.optimizer, "_learning_rate", None)]
+        if slots:
+            raise ConfigError(f"--parallel_copies > 1 needs an optimizer without slots (plain "
+                              f"SGD); {type(self.optimizer).__name__} has {slots[0]}")
+        copies = []
+        with self.strategy.scope():
+            for _ in range(self.parallel_copies - 1):
+                model, optimizer = self.task.build_model(), self.task.build_optimizer()
+                optimizer.build(model.trainable_variables)
+                model.compile(optimizer=optimizer, jit_compile=False)  # as the model's
+                copy = _ModelCopy(model, optimizer, list(self.task.build_metrics()), None)
+                copies.append(copy._replace(train_steps=tf.function(
+                    self._copy_train_steps(copy), jit_compile=True)))
+            self._round_base = [tf.Variable(tf.zeros_like(v), trainable=False)
+                                for v in self._merged_variables()]
+        self._start_round = tf.function(self._start_round_fn, jit_compile=True)
+        self._end_round = tf.function(self._end_round_fn, jit_compile=True)
+        return copies
+
     def _train_epoch(self, dataset, skip, steps_per_epoch):
         """Trains one epoch from batch `skip`. Returns (steps done in the epoch, status)."""
         source = dataset.skip(skip) if skip else dataset
-        step, window_start = skip, time.perf_counter()
+        step = skip
         global_step = int(self.optimizer.iterations.numpy())
         stacked = self._jit_local_steps is not None and all(
             spec.shape.is_fully_defined() for spec in tf.nest.flatten(dataset.element_spec))
@@ -596,11 +726,22 @@ class Trainer:
         make_dataset = ((lambda: _stack_executions(source, self.steps_per_execution))
                         if prestacked else (lambda: source))
         iterator = iter(inputs.distribute(self.strategy, make_dataset, self.global_batch_size))
+        with (concurrent.futures.ThreadPoolExecutor(len(self._copies))
+              if prestacked and self._copies else contextlib.nullcontext()) as pool:
+            return self._train_executions(iterator, pool, prestacked, stacked, step,
+                                          global_step, steps_per_epoch)
+
+    def _train_executions(self, iterator, pool, prestacked, stacked, step, global_step,
+                          steps_per_epoch):
+        """The epoch's executions (or rounds of them, with `pool`) from `step` on."""
+        window_start = time.perf_counter()
         progbar = self._progbar(steps_per_epoch)
         while steps_per_epoch is None or step < steps_per_epoch:
             count = self._execution_length(step, global_step, steps_per_epoch)
             self.callbacks.on_train_batch_begin(step)
-            if prestacked:
+            if prestacked and pool is not None:
+                sums = self._train_round(iterator, pool)
+            elif prestacked:
                 sums = self._train_prestacked_execution(iterator)
             elif count == 1 and steps_per_epoch is not None:
                 sums = self._train_single_step(iterator)

@@ -150,8 +150,8 @@ class Run:
             task: A `Task` (see experiments/runtime/task.py).
             model_dir: Where this trainer writes (default: the run's model_dir).
             **kwargs: Other `Trainer` arguments (callbacks, verbose, ...), overriding the
-                run's clip_norm, jit_compile, steps_per_execution, checkpoint_every_steps,
-                log_every_steps and batch_size.
+                run's clip_norm, jit_compile, steps_per_execution, parallel_copies,
+                checkpoint_every_steps, log_every_steps and batch_size.
 
         Returns:
             A `Trainer`.
@@ -162,6 +162,7 @@ class Run:
         kwargs.setdefault("clip_norm", config.clip_norm)
         kwargs.setdefault("jit_compile", config.jit_compile)
         kwargs.setdefault("steps_per_execution", config.steps_per_execution)
+        kwargs.setdefault("parallel_copies", config.parallel_copies)
         kwargs.setdefault("checkpoint_every_steps", config.checkpoint_every_steps)
         kwargs.setdefault("log_every_steps", config.log_every_steps)
         kwargs.setdefault("global_batch_size", config.batch_size)

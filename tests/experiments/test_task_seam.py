@@ -275,3 +275,81 @@ def test_the_xla_loop_stops_at_the_first_non_finite_loss():
     result = trainer.fit(_token_batches, 3)
     assert result.status == "diverged"
     assert result.diverged_at_step == result.steps == 5  # steps 1-4 finite, step 5 not
+
+
+class ScheduledTokenTask(TokenTask):
+    """TokenTask with a learning rate that falls with the step: each copy must train at its
+    own place in the schedule."""
+
+    def build_optimizer(self):
+        return keras.optimizers.SGD(keras.optimizers.schedules.PolynomialDecay(0.5, 12, 0.05))
+
+
+def _stack(batches):
+    return {key: tf.stack([b[key] for b in batches]) for key in batches[0]}
+
+
+def test_parallel_copies_add_each_copys_change_to_the_model():
+    """parallel_copies=2, 2 steps per execution, 6 batches per epoch: each epoch is a round
+    of two executions (the model and one copy, both from the same weights, the copy's
+    schedule two steps on) and then the third execution alone. Reference: the same XLA loop
+    run one after the other from the same start, the changes summed in NumPy."""
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    trainer = Trainer(strategy, ScheduledTokenTask(), BATCH, verbose=0, jit_compile=True,
+                      jit_update=True, steps_per_execution=2, parallel_copies=2)
+    rounds = []
+    end_round = trainer._end_round
+    trainer._end_round = lambda copies: rounds.append(copies) or end_round(copies)
+    result = trainer.fit(_token_batches, 2)
+    assert rounds == [1, 1] and result.steps == 12
+
+    ref = Trainer(strategy, ScheduledTokenTask(), BATCH, verbose=0, jit_compile=True,
+                  jit_update=True, steps_per_execution=2)
+    for epoch in range(2):
+        for metric in ref.metrics:
+            metric.reset_state()
+        batches = list(_token_batches(epoch))
+        stacks = [_stack(batches[i:i + 2]) for i in (0, 2, 4)]
+        start, step = ref.model.get_weights(), int(ref.optimizer.iterations.numpy())
+        sums = [ref._jit_local_steps(stacks[0], tf.constant(2)).numpy()]
+        after_model = ref.model.get_weights()
+        ref.model.set_weights(start)
+        ref.optimizer.iterations.assign(step + 2)  # the copy's steps 3-4 of the epoch
+        sums.append(ref._jit_local_steps(stacks[1], tf.constant(2)).numpy())
+        ref.model.set_weights([a + (b - s) for a, b, s in
+                               zip(after_model, ref.model.get_weights(), start)])
+        assert int(ref.optimizer.iterations.numpy()) == step + 4
+        sums.append(ref._jit_local_steps(stacks[2], tf.constant(2)).numpy())
+        loss_sum, weight, regularization, steps = np.sum(sums, axis=0)[:4]
+        logs = result.history[epoch]["train"]
+        assert logs["loss"] == pytest.approx(loss_sum / weight, rel=1e-6)
+        assert logs["regularization_loss"] == pytest.approx(regularization / steps, rel=1e-6)
+        # The copy's metric sums and counts were added to the model's.
+        assert logs["token_accuracy"] == pytest.approx(
+            float(ref.metrics[0].result()), rel=1e-6)
+    for a, b in zip(trainer.model.get_weights(), ref.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert int(trainer.optimizer.iterations.numpy()) == 12
+
+
+def test_parallel_copies_refuse_what_summed_changes_cannot_train():
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+    class AdamTask(TokenTask):
+        def build_optimizer(self):
+            return keras.optimizers.Adam()
+
+    class NormalizedTask(TokenTask):
+        def build_model(self):
+            tokens = keras.Input((STEPS,), dtype="int32", name="tokens")
+            hidden = keras.layers.BatchNormalization()(keras.layers.Embedding(VOCAB, 8)(tokens))
+            return keras.Model(tokens, keras.layers.Dense(VOCAB)(hidden))
+
+    cases = [(TokenTask(), {}, "needs --jit_compile"),
+             (AdamTask(), {"jit_compile": True, "jit_update": True}, "without slots"),
+             (NormalizedTask(), {"jit_compile": True, "jit_update": True}, "non-trainable")]
+    for task, kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            Trainer(one_device, task, BATCH, verbose=0, parallel_copies=2, **kwargs)
+    with pytest.raises(ConfigError, match="parallel_copies must be >= 1"):
+        Trainer(one_device, TokenTask(), BATCH, verbose=0, parallel_copies=0)
