@@ -1,4 +1,4 @@
-"""Can an XLA-compiled SGNS step use the second core? Hogwild threads and split tables.
+"""Can an XLA-compiled SGNS step use the second core? Hogwild threads, copies, split tables.
 
 gensim trains word2vec on every core with Hogwild (threads update the shared vectors without
 locks). This measures whether the same works for our XLA step (the one `Trainer(jit_update=
@@ -8,6 +8,9 @@ context rows; 1,024 pairs x (1 + 5) contexts, 100-d, 16k words, 50 steps per lau
 - 1 thread vs 2 threads calling the same compiled step on the same variables. If XLA let the
   two launches run at once, steps/s would rise (up to 2x) and some updates would be lost or
   interleaved; a counter variable updated by every step checks that none is lost.
+- 2 threads, each calling its own compiled step on its own copy of the tables: what
+  `Trainer(parallel_copies=2)` does between its merges (word2vec's default), if TensorFlow
+  lets launches on different variables run at once.
 - the same step over two half-width tables (50 + 50 dimensions) in one launch: whether XLA
   runs the two independent halves on two cores.
 
@@ -15,7 +18,7 @@ Run: `python -m benchmarks.sgns_threads [--rounds=N]`. Measured on the 2-core bo
 "word2vec"), two runs: 2 threads 0.97x and 0.99x the steps/s of 1 thread with no update lost
 (the launches take turns: TensorFlow holds the variables of an XLA launch for the whole
 launch), halves 0.55x and 0.59x (XLA runs them one after the other, and pays twice the
-gathers).
+gathers); a third run: 1 thread 797 steps/s, 2 threads 0.99x, 2 copies 1.80x, halves 0.54x.
 """
 
 import os
@@ -61,18 +64,20 @@ def _tables(parts, rng):
              tf.Variable(np.zeros((VOCAB, width), "float32"))) for _ in range(parts)]
 
 
-def _steps_per_second(fn, threads, calls):
-    def work():
+def _steps_per_second(fns, calls):
+    """Steps/s of calling each of `fns` `calls` times, each on a thread of its own."""
+
+    def work(fn):
         for _ in range(calls):
             fn()
 
-    workers = [threading.Thread(target=work) for _ in range(threads)]
+    workers = [threading.Thread(target=work, args=(fn,)) for fn in fns]
     start = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return threads * calls * STEPS / (time.perf_counter() - start)
+    return len(fns) * calls * STEPS / (time.perf_counter() - start)
 
 
 def run(rounds=5, calls=10):
@@ -81,18 +86,21 @@ def run(rounds=5, calls=10):
     zipf /= zipf.sum()
     targets = tf.constant(rng.choice(VOCAB, (STEPS, BATCH), p=zipf), tf.int32)
     contexts = tf.constant(rng.choice(VOCAB, (STEPS, BATCH, CONTEXTS), p=zipf), tf.int32)
-    counter = tf.Variable(0, dtype=tf.int64)
-    whole = _step_function(_tables(1, rng), counter, targets, contexts)
-    halves = _step_function(_tables(2, rng), counter, targets, contexts)
-    whole(), halves()  # compile
-    rates = {"1 thread": [], "2 threads": [], "halves": []}
+    # The copy counts its steps in a counter of its own: a shared one would be held too.
+    counters = [tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64)]
+    whole = _step_function(_tables(1, rng), counters[0], targets, contexts)
+    copy = _step_function(_tables(1, rng), counters[1], targets, contexts)
+    halves = _step_function(_tables(2, rng), counters[0], targets, contexts)
+    whole(), copy(), halves()  # compile
+    rates = {"1 thread": [], "2 threads": [], "2 copies": [], "halves": []}
     lost = 0
-    for _ in range(rounds):  # interleaved, so that load drift hits all three alike
-        for name, fn, threads in (("1 thread", whole, 1), ("2 threads", whole, 2),
-                                  ("halves", halves, 1)):
-            before = int(counter.numpy())
-            rates[name].append(_steps_per_second(fn, threads, calls))
-            lost += threads * calls * STEPS - (int(counter.numpy()) - before)
+    for _ in range(rounds):  # interleaved, so that load drift hits them all alike
+        for name, fns in (("1 thread", [whole]), ("2 threads", [whole, whole]),
+                          ("2 copies", [whole, copy]), ("halves", [halves])):
+            before = sum(int(c.numpy()) for c in counters)
+            rates[name].append(_steps_per_second(fns, calls))
+            lost += len(fns) * calls * STEPS - (sum(int(c.numpy()) for c in counters)
+                                                - before)
     return {name: float(np.median(r)) for name, r in rates.items()}, lost
 
 
@@ -103,7 +111,7 @@ def main(argv):
           f"{STEPS} steps per launch; {os.cpu_count()} CPUs; median of {rounds} rounds")
     for name, rate in rates.items():
         print(f"{name:<10}{rate:>10.0f} steps/s{rate / rates['1 thread']:>8.2f}x")
-    print(f"updates lost by the 2-thread runs: {lost}")
+    print(f"updates lost by the threaded runs: {lost}")
     return 0
 
 

@@ -3,8 +3,9 @@
 Same corpus (the embedded gensim text, 883k tokens, vocabulary 16,418 at min_count 5), same
 hyperparameters (sg=1, negative=5, window=5, vector_size=100, sample=1e-3, min_count=5,
 alpha 0.025 decaying linearly to 1e-4, epochs=5, noise exponent 0.75), gensim with
-workers=2; ours through `experiments.word2vec` (batch 1024, 50 steps per execution run as one
-XLA loop) on the same cores. Effective words are the tokens kept by subsampling (gensim's
+workers=2; ours through `experiments.word2vec` (batch 1024, 100 steps per execution run as
+one XLA loop, two model copies training side by side, `--parallel_copies=2`) on the same
+cores. Effective words are the tokens kept by subsampling (gensim's
 count); each side's time is its training alone (ours: epoch begin to end, without the per-epoch
 evaluation; gensim: `Word2Vec.train`). Quality: analogy accuracy (3CosAdd, gensim's
 questions-words.txt), WordSim-353 and SimLex-999 Spearman of each side's vectors with the

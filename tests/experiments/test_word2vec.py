@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory):
     results = word2vec.EXPERIMENT.run_local(
         model_dir, quick=True, corpus_file=corpus_file, max_tokens=0, epochs=2,
         sample=0.0, learning_rate=0.05, vector_size=8, negatives=K, batch_size=256,
-        steps_per_execution=8, jit_compile=False,
+        steps_per_execution=8, jit_compile=True, parallel_copies=2,
         projector_words=20, gensim_baseline="on")
     return model_dir, results
 
