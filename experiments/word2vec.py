@@ -566,7 +566,7 @@ EXPERIMENT = runtime.Experiment(
     "word2vec", experiment,
     # Steps take ~1 ms: training scalars every 500 steps (~0.5 s), not every 50. Two model
     # copies train side by side on the two cores (gensim's workers=2), merged every round
-    # of two 100-step executions (see the README: 1.5x the words/s of one thread).
+    # of two 100-step executions (README, "word2vec": ~1.4x the words/s of one thread).
     defaults={"epochs": 5, "batch_size": 1024, "learning_rate": 0.025,
               "steps_per_execution": 100, "parallel_copies": 2, "jit_compile": True,
               "log_every_steps": 500},
