@@ -353,3 +353,23 @@ def test_parallel_copies_refuse_what_summed_changes_cannot_train():
             Trainer(one_device, task, BATCH, verbose=0, parallel_copies=2, **kwargs)
     with pytest.raises(ConfigError, match="parallel_copies must be >= 1"):
         Trainer(one_device, TokenTask(), BATCH, verbose=0, parallel_copies=0)
+
+
+def test_parallel_copies_resume_as_the_uninterrupted_run(tmp_path):
+    """A run stopped after epoch 1 and resumed from its checkpoint ends with the weights of
+    the run trained straight through: every round starts from the model's weights."""
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+    def trainer(model_dir):
+        return Trainer(strategy, ScheduledTokenTask(), BATCH, verbose=0, jit_compile=True,
+                       jit_update=True, steps_per_execution=2, parallel_copies=2,
+                       model_dir=str(model_dir))
+
+    straight = trainer(tmp_path / "straight")
+    straight.fit(_token_batches, 2)
+    trainer(tmp_path / "resumed").fit(_token_batches, 1)
+    resumed = trainer(tmp_path / "resumed")
+    result = resumed.fit(_token_batches, 2)
+    assert result.resumed_from_epoch == 1 and result.steps == 12
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
