@@ -130,12 +130,13 @@ class _EpochTotals:
 
 
 class _ModelCopy(typing.NamedTuple):
-    """A copy of the model that a thread steps through one execution of a round."""
+    """A model with its optimizer and metrics: the trainer's own, or a copy that a thread
+    steps through one execution of a round (`parallel_copies`)."""
 
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     metrics: list
-    train_steps: object  # its XLA loop, `Trainer._local_train_steps` bound to this copy
+    train_steps: object  # a copy's XLA loop, `Trainer._local_train_steps` bound to it
 
 
 class Trainer:
@@ -208,6 +209,7 @@ class Trainer:
             self.model.compile(optimizer=self.optimizer, jit_compile=False)
             # Created in scope: sum-on-read variables, updated per replica.
             self.metrics = list(task.build_metrics())
+        self._own = _ModelCopy(self.model, self.optimizer, self.metrics, None)
         self.callbacks = keras.callbacks.CallbackList(
             list(callbacks), add_history=False, add_progbar=False, model=self.model
         )
@@ -242,7 +244,9 @@ class Trainer:
                                 and strategy.num_replicas_in_sync == 1 else None)
         self._jit_local_steps = (tf.function(self._local_train_steps, jit_compile=True)
                                  if self._jit_local_step is not None else None)
-        self._copies = self._build_copies() if self.parallel_copies > 1 else []
+        self._copies = []
+        if self.parallel_copies > 1:
+            self._build_copies()
         self._train_execution = tf.function(self._distributed_train_steps)
         self._train_stacked_execution = tf.function(self._stacked_train_steps)
         self._train_prestacked_execution = tf.function(self._prestacked_train_steps)
@@ -286,7 +290,7 @@ class Trainer:
         the gradient of loss_sum / weight + regularisation is taken and applied in one XLA
         computation (`jit_update`). `copy`: the `_ModelCopy` to step (default: the model).
         """
-        model, optimizer = (self.model, self.optimizer) if copy is None else copy[:2]
+        model, optimizer, _, _ = copy or self._own
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
             loss_sum, weight, outputs = self._task_loss(batch, training=True, model=model)
@@ -318,8 +322,7 @@ class Trainer:
         def body(i, loss_total, weight_total, reg_total, last_loss, finite):
             batch = tf.nest.map_structure(lambda t: t[i], batches)
             loss_sum, weight, regularization, outputs = self._local_train_step(batch, copy)
-            self.task.update_metrics(self.metrics if copy is None else copy.metrics, batch,
-                                     outputs)
+            self.task.update_metrics((copy or self._own).metrics, batch, outputs)
             loss = loss_sum / tf.maximum(weight, 1e-12) + regularization
             return (i + 1, loss_total + tf.cast(loss_sum, tf.float64),
                     weight_total + tf.cast(weight, tf.float64),
@@ -479,6 +482,8 @@ class Trainer:
         return tf.constant([*sums[:, :4].sum(0), sums[-1, 4], sums[:, 5].min()], tf.float64)
 
     def _copy_train_steps(self, copy):
+        """`_local_train_steps` bound to `copy`, to be compiled as that copy's own loop."""
+
         def train_steps(batches, count):
             return self._local_train_steps(batches, count, copy)
 
@@ -486,8 +491,7 @@ class Trainer:
 
     def _merged_variables(self, copy=None):
         """The variables a round merges: trainable weights, then the metrics' sums."""
-        model, metrics = (self.model, self.metrics) if copy is None else (copy.model,
-                                                                          copy.metrics)
+        model, _, metrics, _ = copy or self._own
         return [*model.trainable_variables, *(v for m in metrics for v in m.variables)]
 
     def _start_round_fn(self, copies, offsets):
@@ -678,7 +682,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------- helpers
     def _build_copies(self):
-        """The `parallel_copies - 1` model copies that train beside the model in a round."""
+        """Builds the `parallel_copies - 1` model copies that train beside the model in a
+        round, the round's base weights, and the round's compiled start and end."""
         if self._jit_local_steps is None or not (
                 isinstance(self.strategy, tf.distribute.OneDeviceStrategy)
                 or (self.strategy is tf.distribute.get_strategy()
@@ -695,20 +700,18 @@ class Trainer:
         if slots:
             raise ConfigError(f"--parallel_copies > 1 needs an optimizer without slots (plain "
                               f"SGD); {type(self.optimizer).__name__} has {slots[0]}")
-        copies = []
         with self.strategy.scope():
             for _ in range(self.parallel_copies - 1):
                 model, optimizer = self.task.build_model(), self.task.build_optimizer()
                 optimizer.build(model.trainable_variables)
                 model.compile(optimizer=optimizer, jit_compile=False)  # as the model's
                 copy = _ModelCopy(model, optimizer, list(self.task.build_metrics()), None)
-                copies.append(copy._replace(train_steps=tf.function(
+                self._copies.append(copy._replace(train_steps=tf.function(
                     self._copy_train_steps(copy), jit_compile=True)))
             self._round_base = [tf.Variable(tf.zeros_like(v), trainable=False)
                                 for v in self._merged_variables()]
         self._start_round = tf.function(self._start_round_fn, jit_compile=True)
         self._end_round = tf.function(self._end_round_fn, jit_compile=True)
-        return copies
 
     def _train_epoch(self, dataset, skip, steps_per_epoch):
         """Trains one epoch from batch `skip`. Returns (steps done in the epoch, status)."""
