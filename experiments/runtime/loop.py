@@ -24,7 +24,6 @@ their updates to the shared vectors (see `Trainer`).
 """
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -454,11 +453,11 @@ class Trainer:
         return self.strategy.experimental_local_results(
             self.strategy.run(self._jit_local_steps, args=(stacked, count)))[0]
 
-    def _train_round(self, iterator, pool):
+    def _train_round(self, iterator):
         """Up to `parallel_copies` executions side by side, one per model copy, then merged.
 
         The model steps through the first execution on this thread while each copy steps
-        through one of the next on `pool`'s threads, all from the same weights; then each
+        through one of the next on a thread of its own, all from the same weights; then each
         copy's change is added to the model. Returns the executions' sums, as one would.
         """
         elements = []
@@ -472,7 +471,7 @@ class Trainer:
         counts = [int(count) for _, count in elements]
         # Copy k's schedule starts where the executions before it end.
         self._start_round(len(elements) - 1, tf.constant(np.cumsum(counts)[:-1], tf.int64))
-        futures = [pool.submit(self.strategy.run, copy.train_steps, args=element)
+        futures = [self._copy_threads.submit(self.strategy.run, copy.train_steps, args=element)
                    for copy, element in zip(self._copies, elements[1:])]
         sums = [self._run_stacked(*elements[0])] + [
             self.strategy.experimental_local_results(future.result())[0] for future in futures]
@@ -710,6 +709,8 @@ class Trainer:
                     self._copy_train_steps(copy), jit_compile=True)))
             self._round_base = [tf.Variable(tf.zeros_like(v), trainable=False)
                                 for v in self._merged_variables()]
+        # Idle between rounds; the threads end when the trainer is collected.
+        self._copy_threads = concurrent.futures.ThreadPoolExecutor(len(self._copies))
         self._start_round = tf.function(self._start_round_fn, jit_compile=True)
         self._end_round = tf.function(self._end_round_fn, jit_compile=True)
 
@@ -729,21 +730,13 @@ class Trainer:
         make_dataset = ((lambda: _stack_executions(source, self.steps_per_execution))
                         if prestacked else (lambda: source))
         iterator = iter(inputs.distribute(self.strategy, make_dataset, self.global_batch_size))
-        with (concurrent.futures.ThreadPoolExecutor(len(self._copies))
-              if prestacked and self._copies else contextlib.nullcontext()) as pool:
-            return self._train_executions(iterator, pool, prestacked, stacked, step,
-                                          global_step, steps_per_epoch)
-
-    def _train_executions(self, iterator, pool, prestacked, stacked, step, global_step,
-                          steps_per_epoch):
-        """The epoch's executions (or rounds of them, with `pool`) from `step` on."""
         window_start = time.perf_counter()
         progbar = self._progbar(steps_per_epoch)
         while steps_per_epoch is None or step < steps_per_epoch:
             count = self._execution_length(step, global_step, steps_per_epoch)
             self.callbacks.on_train_batch_begin(step)
-            if prestacked and pool is not None:
-                sums = self._train_round(iterator, pool)
+            if prestacked and self._copies:
+                sums = self._train_round(iterator)
             elif prestacked:
                 sums = self._train_prestacked_execution(iterator)
             elif count == 1 and steps_per_epoch is not None:
