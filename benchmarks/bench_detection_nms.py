@@ -23,28 +23,38 @@ target: ours <= 1.0x the fastest peer doing the same job.
 Also printed, apart from the ratio: ours inside the caller's own XLA program
 (`tf.function(jit_compile=True)`, as Keras compiles `predict` with `jit_compile="auto"` where
 there is a GPU), timed against tf.image in a pair of its own. tf.image's combined kernel has
-no XLA lowering, so it cannot run there at all: a plain `tf.function` is its only mode.
+no XLA lowering, so it cannot run there at all: a plain `tf.function` is its only mode. And a
+floor: a `jit_compile` function that reads the same inputs and returns zeros of the outputs'
+shapes, called from a plain `tf.function` as ours is: what any XLA program costs there before
+doing any work, against tf.image's whole NMS.
+
+The table is printed twice, each from a process of its own (XLA reads `XLA_FLAGS` once per
+process): with XLA's default flags, and with small loops hoisted into one kernel
+(`layers.nms.hoist_small_xla_cpu_loops`, as `experiments.nms_detection` runs).
+`--xla_loop_hoisting=off|on` prints one of the two.
 
     python -m benchmarks.bench_detection_nms [--quick] [--raw=PATH] [--repeats=N]
+        [--xla_loop_hoisting=both|off|on]
 """
 
 import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from benchmarks import positive_int_flag
 from benchmarks.bench_nms import paired_median_ms
+from layers.nms import hoist_small_xla_cpu_loops
 
 
 def _raw_candidates(path):
     if path:
         data = np.load(path)
         return data["boxes"], data["scores"], f"{path}"
-    import tempfile
-
     from experiments import nms_detection as det
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,6 +71,21 @@ def _keras_hub_nms():
     import keras_hub
 
     return keras_hub.layers.NonMaxSuppression
+
+
+def _no_nms_program(max_detections):
+    """A plain `tf.function` calling a `jit_compile` one that reads the boxes and scores and
+    returns zeros shaped like `DetectionPostprocess`'s outputs: the floor of any XLA program."""
+
+    @tf.function(jit_compile=True)
+    def no_nms(boxes, scores):
+        batch = tf.shape(scores)[0]
+        touch = 0.0 * (tf.reduce_max(boxes) + tf.reduce_max(scores))
+        return (tf.zeros([batch, max_detections, 4]) + touch,
+                tf.zeros([batch, max_detections]) + touch,
+                tf.zeros([batch, max_detections], tf.int32), tf.zeros([batch], tf.int32))
+
+    return tf.function(lambda b, s: no_nms(b, s))
 
 
 def _same(a, b):
@@ -89,6 +114,7 @@ def run(quick=False, raw=None, repeats=None):
     ours_xla = tf.function(lambda b, s: ours_layer([b, s]), jit_compile=True)
     tf_image = tf.function(lambda b, s: tf.image.combined_non_max_suppression(
         b[:, :, None], s, 100, 100, 0.5, 0.05, clip_boxes=False))
+    floor = _no_nms_program(100)
     hub_cls = _keras_hub_nms()
     if hub_cls is not None:
         agnostic_layer = DetectionPostprocess(num_classes, max_detections=100, iou_threshold=0.5,
@@ -121,6 +147,8 @@ def run(quick=False, raw=None, repeats=None):
         row.update(ours_ms=times[0], tf_image_ms=times[1], ratio=times[0] / times[1])
         xla_times = paired_median_ms([ours_xla, tf_image], (b, s), repeats)
         row.update(ours_xla_ms=xla_times[0], xla_ratio=xla_times[0] / xla_times[1])
+        floor_times = paired_median_ms([floor, tf_image], (b, s), repeats)
+        row.update(floor_ms=floor_times[0], floor_ratio=floor_times[0] / floor_times[1])
         if hub_cls is not None:
             times += paired_median_ms([agnostic, hub], (b, s), repeats)
             row.update(agnostic_ms=times[2], hub_ms=times[3], hub_ratio=times[2] / times[3],
@@ -129,19 +157,18 @@ def run(quick=False, raw=None, repeats=None):
     return source, rows, hub_cls is not None
 
 
-def main():
-    args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:] if "=" in a)
-    source, rows, hub = run(quick="--quick" in sys.argv, raw=args.get("raw"),
-                            repeats=positive_int_flag(sys.argv[1:], "repeats", None))
+def _print_table(source, rows, hub):
     print(f"inputs: {source}; 1-minute load average {os.getloadavg()[0]:.2f} on "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print("class-wise: ours = DetectionPostprocess, peer = tf.image.combined_non_max_suppression")
     print(f"{'batch':>5} {'cand/img':>9} {'live/img':>8} {'ours ms':>9} {'tf.image ms':>12} "
-          f"{'ratio':>7} {'identical':>9} {'ours in XLA caller ms':>22} {'vs tf.image':>12}")
+          f"{'ratio':>7} {'identical':>9} {'ours in XLA caller ms':>22} {'vs tf.image':>12} "
+          f"{'no-NMS XLA floor ms':>20} {'vs tf.image':>12}")
     for r in rows:
         print(f"{r['batch']:>5} {r['candidates/image']:>9} {r['live/image']:>8.1f} "
               f"{r['ours_ms']:>9.2f} {r['tf_image_ms']:>12.2f} {r['ratio']:>6.2f}x "
-              f"{str(r['identical']):>9} {r['ours_xla_ms']:>22.2f} {r['xla_ratio']:>11.2f}x")
+              f"{str(r['identical']):>9} {r['ours_xla_ms']:>22.2f} {r['xla_ratio']:>11.2f}x "
+              f"{r['floor_ms']:>20.2f} {r['floor_ratio']:>11.2f}x")
     if not hub:
         print("keras-hub NonMaxSuppression: skipped (keras_hub not installed; "
               "pip install keras-hub)")
@@ -157,5 +184,38 @@ def main():
     print("target: ratio <= 1.0 against the fastest installed peer doing the same job")
 
 
+def _both_settings(argv, raw):
+    """Runs this benchmark once per XLA setting, each in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if raw is None:  # train the tiny detector once, for both processes
+            boxes, scores, _ = _raw_candidates(None)
+            raw = os.path.join(tmp, "raw_outputs.npz")
+            np.savez(raw, boxes=boxes, scores=scores)
+        passed = [a for a in argv if not a.startswith(("--raw=", "--xla_loop_hoisting="))]
+        for setting, title in (("off", "XLA's default flags"),
+                               ("on", "small XLA loops hoisted into one kernel")):
+            print(f"== {title} (--xla_loop_hoisting={setting})", flush=True)
+            code = subprocess.call([sys.executable, "-m", "benchmarks.bench_detection_nms",
+                                    f"--raw={raw}", f"--xla_loop_hoisting={setting}", *passed])
+            if code:
+                return code
+    return 0
+
+
+def main():
+    argv = sys.argv[1:]
+    args = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    repeats = positive_int_flag(argv, "repeats", None)
+    hoisting = args.get("xla_loop_hoisting", "both")
+    if hoisting not in ("both", "off", "on"):
+        sys.exit(f"--xla_loop_hoisting must be both, off or on, got {hoisting!r}")
+    if hoisting == "both":
+        return _both_settings(argv, args.get("raw"))
+    if hoisting == "on":
+        hoist_small_xla_cpu_loops()
+    _print_table(*run(quick="--quick" in argv, raw=args.get("raw"), repeats=repeats))
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -47,7 +47,8 @@ from absl import flags
 from experiments import detection_eval
 from experiments import runtime
 from experiments.data import shape_scenes
-from layers.nms import NonMaxSuppression, multiclass_non_max_suppression
+from layers.nms import (NonMaxSuppression, hoist_small_xla_cpu_loops,
+                        multiclass_non_max_suppression)
 
 STRIDE = 4
 SCORE_THRESHOLD = 0.05  # COCO practice: low, so that mAP sees the recall
@@ -735,4 +736,7 @@ EXPERIMENT = runtime.Experiment(
     datasets=DATASETS, predict=predict_command)
 
 if __name__ == "__main__":
+    # Before the first XLA compilation: the selection loop of the suite's NMS becomes one
+    # kernel (the sweep's post-processing ~1.4x faster; training compiles as before).
+    hoist_small_xla_cpu_loops()
     EXPERIMENT.launch()

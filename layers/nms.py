@@ -51,7 +51,11 @@ The compacted width is the smallest power of two (from 16; or N) that holds ever
 boxes, chosen inside the program: one branch per width, each with its own loop, so every shape
 is static (also inside a caller's XLA program) and no op runs outside the program. The images
 of a batch step together, as long as the longest; in a batch of 64 or more, once at most a
-quarter of them have candidates left, those finish in a loop of their own.
+quarter of them have candidates left, those finish in a loop of their own. The loop writes with
+selects, never scatters, so that XLA's CPU backend can compile it into one kernel: with
+`hoist_small_xla_cpu_loops()` called before the first XLA compilation (as
+`experiments.nms_detection` does), rather than dispatching its ~26 kernels one by one at every
+step (XLA's default for loops over 1 kB).
 
 Every shape is static. By default each stage's selection loop is one XLA program (`jit_compile`),
 which cuts the loop overheads that dominate on CPU; the sort stays outside XLA, whose CPU sort is
@@ -65,6 +69,7 @@ a padded buffer and per-call XLA compilation at the same speed. IoUs come from
 
 import functools
 import math
+import os
 
 import keras
 import tensorflow as tf
@@ -289,6 +294,50 @@ def _soft_nms_loop(
     valid = tf.range(cap)[None, :] < count[:, None]
     sel_boxes = tf.where(valid[:, :, None], _gather_rows(boxes, sel_idx), 0.0)
     return sel_idx, sel_scores, count, sel_boxes
+
+
+# XLA's CPU backend compiles a while loop into one kernel when one pass of its body touches
+# fewer bytes than this option says (1 kB by default) and the body has no scatter; above it,
+# every kernel of the body is dispatched on its own at every step.
+LOOP_HOISTING_OPTION = "xla_cpu_small_while_loop_byte_threshold"
+# Big enough for the class-wise selection loop of 128 images x 5 classes x 64 live boxes; small
+# enough that no hoisted loop holds a reduction large enough for XLA to hand it to its YNN
+# library, which the single-kernel emitter cannot compile ("Fusion kind not implemented").
+LOOP_HOISTING_BYTES = 1 << 20
+
+
+def hoist_small_xla_cpu_loops(max_bytes=LOOP_HOISTING_BYTES):
+    """Lets XLA's CPU backend compile each small while loop into one kernel (process-wide).
+
+    The class-wise selection loop (`multiclass_non_max_suppression`) takes ~26 small kernels
+    per step; XLA's default 1 kB limit dispatches each of them on its own at every step, which
+    costs more than their work. This adds `--xla_backend_extra_options=
+    xla_cpu_small_while_loop_byte_threshold=max_bytes` to `XLA_FLAGS`. XLA reads `XLA_FLAGS`
+    once, at the process's first XLA compilation, so call this before anything is compiled
+    with XLA (importing TensorFlow is fine). A limit already in `XLA_FLAGS` is kept.
+
+    Args:
+        max_bytes: int > 0, the most bytes one pass of a loop's body may touch to be hoisted.
+
+    Returns:
+        The `XLA_FLAGS` value now in the environment.
+
+    Raises:
+        ValueError: If `max_bytes` is not a positive integer.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}.")
+    setting = f"{LOOP_HOISTING_OPTION}={max_bytes}"
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    extra = "--xla_backend_extra_options="
+    at = [i for i, flag in enumerate(flags) if flag.startswith(extra)]
+    if not at:
+        flags.append(extra + setting)
+    elif LOOP_HOISTING_OPTION + "=" not in flags[at[-1]]:
+        # Extend the user's comma-separated list rather than add a second such flag.
+        flags[at[-1]] += ("," if flags[at[-1]] != extra else "") + setting
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    return os.environ["XLA_FLAGS"]
 
 
 _COMPILED = {}
@@ -576,7 +625,7 @@ def _multiclass_greedy(boxes, scores, width, max_out, iou_threshold, score_thres
     current = tf.where(current > score_threshold, current, -math.inf)
     row_best, row_at = _best_in_rows(current)  # (b, C): each class's next candidate
     geometry = (ymin, xmin, ymax, xmax, area)
-    buffer = lambda dtype: tf.zeros([batch, cap + 1], dtype)  # noqa: E731 (slot cap: trash)
+    buffer = lambda dtype: tf.zeros([batch, cap], dtype)  # noqa: E731
     state = (current, row_best, row_at, buffer(tf.int32), buffer(tf.int32),
              buffer(scores.dtype), tf.zeros([batch], tf.int32))
     # Every image with a candidate left takes one per step, so the batch steps as long as its
@@ -596,7 +645,6 @@ def _multiclass_greedy(boxes, scores, width, max_out, iou_threshold, score_thres
         sel_idx, sel_cls, sel_scores, count = (
             tf.tensor_scatter_nd_update(t, rows[:, None], u) for t, u in zip(state[3:], sub[3:]))
     valid = tf.range(cap)[None] < count[:, None]
-    sel_idx, sel_cls, sel_scores = sel_idx[:, :cap], sel_cls[:, :cap], sel_scores[:, :cap]
     sel_boxes = tf.where(valid[..., None], _gather_rows(boxes, sel_idx), 0.0)
     box_idx = tf.where(valid, _gather_rows(src, sel_idx), 0)
     return box_idx, sel_cls, sel_scores, count, sel_boxes
@@ -620,7 +668,7 @@ def _greedy_steps(step, state, geometry, *, max_out, iou_threshold, cap, stop_at
     num_classes, width = current.shape[1], current.shape[2]
     ymin, xmin, ymax, xmax, area = geometry
     images, class_ids = tf.range(tf.shape(current)[0]), tf.range(num_classes)
-    lanes = tf.range(width)
+    lanes, slots = tf.range(width), tf.range(cap)
 
     def cond(step, current, row_best, *_):
         left = tf.reduce_sum(tf.cast(tf.reduce_any(row_best > -math.inf, axis=1), tf.int32))
@@ -633,12 +681,16 @@ def _greedy_steps(step, state, geometry, *, max_out, iou_threshold, cap, stop_at
         cls = tf.minimum(cls, num_classes - 1)
         took = best > -math.inf
         row = tf.stack([images, cls], axis=-1)
+        in_class = class_ids[None, :] == cls[:, None]  # (b, C): the picked candidate's class
         pick = tf.gather_nd(row_at, row)
-        # An image with a candidate has taken one at every step so far: its slot is `step`.
-        write = tf.stack([images, tf.where(took, step, cap)], axis=-1)
-        sel_idx = tf.tensor_scatter_nd_update(sel_idx, write, pick)
-        sel_cls = tf.tensor_scatter_nd_update(sel_cls, write, cls)
-        sel_scores = tf.tensor_scatter_nd_update(sel_scores, write, best)
+        # Every write below is a select, not a scatter: XLA's CPU backend compiles a small
+        # loop whose body has no scatter into one kernel (see `hoist_small_xla_cpu_loops`).
+        # An image with a candidate has taken one at every step so far: its slot is `step`;
+        # an image without one writes the zero its slot already holds.
+        slot = tf.logical_and(slots[None] == step, took[:, None])
+        sel_idx = tf.where(slot, pick[:, None], sel_idx)
+        sel_cls = tf.where(slot, cls[:, None], sel_cls)
+        sel_scores = tf.where(slot, best[:, None], sel_scores)
         count += tf.cast(took, tf.int32)
         # It suppresses the boxes of its own class with IoU > threshold (and leaves the list).
         a = [tf.gather(t, pick, batch_dims=1)[:, None] for t in (ymin, xmin, ymax, xmax, area)]
@@ -650,10 +702,10 @@ def _greedy_steps(step, state, geometry, *, max_out, iou_threshold, cap, stop_at
         iou = tf.where(valid, inter / tf.where(valid, union, 1.0), 0.0)
         gone = tf.logical_or(iou > iou_threshold, lanes[None] == pick[:, None])
         scores_c = tf.where(gone, -math.inf, tf.gather_nd(current, row))
-        current = tf.tensor_scatter_nd_update(current, row, scores_c)
+        current = tf.where(in_class[:, :, None], scores_c[:, None, :], current)
         new_best, new_at = _best_in_rows(scores_c)
-        row_best = tf.tensor_scatter_nd_update(row_best, row, new_best)
-        row_at = tf.tensor_scatter_nd_update(row_at, row, new_at)
+        row_best = tf.where(in_class, new_best[:, None], row_best)
+        row_at = tf.where(in_class, new_at[:, None], row_at)
         return step + 1, current, row_best, row_at, sel_idx, sel_cls, sel_scores, count
 
     step, *state = tf.while_loop(cond, body, (step, *state))

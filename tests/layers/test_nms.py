@@ -520,3 +520,71 @@ def test_live_cells_compaction_keeps_live_boxes_in_order():
         np.testing.assert_array_equal(kept_boxes[i, : len(live)], boxes[i, live])
         np.testing.assert_array_equal(kept_scores[i, : len(live)], scores[i, live])
         assert np.all(kept_scores[i, len(live):] == -np.inf)
+
+
+def test_hoisting_flag_joins_the_users_xla_flags(monkeypatch):
+    from layers.nms import LOOP_HOISTING_OPTION, hoist_small_xla_cpu_loops
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert hoist_small_xla_cpu_loops(4096) == (
+        f"--xla_backend_extra_options={LOOP_HOISTING_OPTION}=4096")
+    # The user's own flags and extra options stay; the option joins their list.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/d --xla_backend_extra_options=a=1")
+    assert hoist_small_xla_cpu_loops(8) == (
+        f"--xla_dump_to=/tmp/d --xla_backend_extra_options=a=1,{LOOP_HOISTING_OPTION}=8")
+    # A limit already set (by the user, or by an earlier call) is kept.
+    assert hoist_small_xla_cpu_loops(99).endswith(f"{LOOP_HOISTING_OPTION}=8")
+    for bad in (0, -1, 1.5, "1", True):
+        with pytest.raises(ValueError, match="positive integer"):
+            hoist_small_xla_cpu_loops(bad)
+
+
+_HOISTED_CHILD = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+from layers.nms import hoist_small_xla_cpu_loops, multiclass_non_max_suppression
+from tests.layers.test_nms import _sparse_detections
+
+hoist_small_xla_cpu_loops()  # after importing TF, before the first XLA compilation
+out = {}
+for batch in (3, 70):  # one loop; two halves of 35 on two threads
+    counts = tuple(range(0, 100, 100 // batch))[:batch]
+    boxes, scores = _sparse_detections(90 + batch, batch, 100, 4, counts)
+    ours = tf.function(lambda b, s: multiclass_non_max_suppression(b, s, 100, 0.5, 0.05))
+    _, classes, selected, count, selected_boxes = (t.numpy() for t in ours(boxes, scores))
+    ref = tf.image.combined_non_max_suppression(
+        boxes[:, :, None], scores, 100, 100, 0.5, 0.05, clip_boxes=False)
+    out[batch] = [np.array_equal(a, b) for a, b in [
+        (count, ref.valid_detections), (selected, ref.nmsed_scores),
+        (selected_boxes, ref.nmsed_boxes), (classes, ref.nmsed_classes.numpy().astype(int))]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_selection_loop_compiles_to_one_kernel_when_hoisted_and_selects_as_tf_image(tmp_path):
+    # In a process that hoists small loops (as experiments.nms_detection runs), XLA compiles
+    # the selection loop into one kernel ("xla_cpu_small_call" in the optimized HLO: a scatter
+    # in the loop's body would keep it out) at a batch of 3 and in each half of 70, and the
+    # selections still equal tf.image's bit for bit.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_dump_to={tmp_path} --xla_dump_hlo_as_text",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", _HOISTED_CHILD], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results == {"3": [True] * 4, "70": [True] * 4}
+    optimized = [p for p in tmp_path.iterdir()
+                 if "multiclass_select" in p.name and p.name.endswith("after_optimizations.txt")]
+    assert len(optimized) == 2  # batch 3 and the halves of 70 (35 images each)
+    for path in optimized:
+        hlo = path.read_text()
+        # One loop per compaction width, each hoisted into a kernel of its own.
+        assert hlo.count("xla_cpu_small_call") == hlo.count(" while(") > 0, path.name
