@@ -52,10 +52,10 @@ boxes, chosen inside the program: one branch per width, each with its own loop, 
 is static (also inside a caller's XLA program) and no op runs outside the program. The images
 of a batch step together, as long as the longest; in a batch of 64 or more, once at most a
 quarter of them have candidates left, those finish in a loop of their own. The loop writes with
-selects, never scatters, so that XLA's CPU backend can compile it into one kernel: with
-`hoist_small_xla_cpu_loops()` called before the first XLA compilation (as
-`experiments.nms_detection` does), rather than dispatching its ~26 kernels one by one at every
-step (XLA's default for loops over 1 kB).
+selects, never scatters, so that XLA's CPU backend can compile the whole loop into one kernel
+once `hoist_small_xla_cpu_loops()` has raised its size limit for that (as
+`experiments.nms_detection` does), instead of dispatching the loop's ~26 kernels one by one at
+every step.
 
 Every shape is static. By default each stage's selection loop is one XLA program (`jit_compile`),
 which cuts the loop overheads that dominate on CPU; the sort stays outside XLA, whose CPU sort is
@@ -300,9 +300,10 @@ def _soft_nms_loop(
 # fewer bytes than this option says (1 kB by default) and the body has no scatter; above it,
 # every kernel of the body is dispatched on its own at every step.
 LOOP_HOISTING_OPTION = "xla_cpu_small_while_loop_byte_threshold"
-# Big enough for the class-wise selection loop of 128 images x 5 classes x 64 live boxes; small
-# enough that no hoisted loop holds a reduction large enough for XLA to hand it to its YNN
-# library, which the single-kernel emitter cannot compile ("Fusion kind not implemented").
+# Enough for the class-wise selection loop of 8 images x 5 classes x 256 live boxes (or 32 x 5 x
+# 128, 128 x 5 x 32); small enough that no hoisted loop holds a reduction large enough for XLA to
+# hand to its YNN library, which the single-kernel emitter cannot compile (16 MiB fails on a
+# batch of 256: "Fusion kind not implemented on CPU").
 LOOP_HOISTING_BYTES = 1 << 20
 
 
@@ -685,8 +686,7 @@ def _greedy_steps(step, state, geometry, *, max_out, iou_threshold, cap, stop_at
         pick = tf.gather_nd(row_at, row)
         # Every write below is a select, not a scatter: XLA's CPU backend compiles a small
         # loop whose body has no scatter into one kernel (see `hoist_small_xla_cpu_loops`).
-        # An image with a candidate has taken one at every step so far: its slot is `step`;
-        # an image without one writes the zero its slot already holds.
+        # An image with a candidate has taken one at every step so far: its slot is `step`.
         slot = tf.logical_and(slots[None] == step, took[:, None])
         sel_idx = tf.where(slot, pick[:, None], sel_idx)
         sel_cls = tf.where(slot, cls[:, None], sel_cls)
