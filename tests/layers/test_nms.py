@@ -540,25 +540,18 @@ def test_hoisting_flag_joins_the_users_xla_flags(monkeypatch):
 
 
 _HOISTED_CHILD = """
-import json, sys
-import numpy as np
 import tensorflow as tf
 from layers.nms import hoist_small_xla_cpu_loops, multiclass_non_max_suppression
-from tests.layers.test_nms import _sparse_detections
+from tests.layers.test_nms import _assert_equals_combined_nms, _sparse_detections
 
 hoist_small_xla_cpu_loops()  # after importing TF, before the first XLA compilation
-out = {}
 for batch in (3, 70):  # one loop; two halves of 35 on two threads
     counts = tuple(range(0, 100, 100 // batch))[:batch]
     boxes, scores = _sparse_detections(90 + batch, batch, 100, 4, counts)
     ours = tf.function(lambda b, s: multiclass_non_max_suppression(b, s, 100, 0.5, 0.05))
     _, classes, selected, count, selected_boxes = (t.numpy() for t in ours(boxes, scores))
-    ref = tf.image.combined_non_max_suppression(
-        boxes[:, :, None], scores, 100, 100, 0.5, 0.05, clip_boxes=False)
-    out[batch] = [np.array_equal(a, b) for a, b in [
-        (count, ref.valid_detections), (selected, ref.nmsed_scores),
-        (selected_boxes, ref.nmsed_boxes), (classes, ref.nmsed_classes.numpy().astype(int))]]
-print(json.dumps(out))
+    _assert_equals_combined_nms(boxes, scores, 100, 0.5, count, selected, selected_boxes,
+                                classes)
 """
 
 
@@ -568,7 +561,6 @@ def test_selection_loop_compiles_to_one_kernel_when_hoisted_and_selects_as_tf_im
     # the selection loop into one kernel ("xla_cpu_small_call" in the optimized HLO: a scatter
     # in the loop's body would keep it out) at a batch of 3 and in each half of 70, and the
     # selections still equal tf.image's bit for bit.
-    import json
     import os
     import subprocess
     import sys
@@ -578,9 +570,7 @@ def test_selection_loop_compiles_to_one_kernel_when_hoisted_and_selects_as_tf_im
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-c", _HOISTED_CHILD], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert results == {"3": [True] * 4, "70": [True] * 4}
+    assert done.returncode == 0, done.stderr[-2000:]  # an assertion in the child included
     optimized = [p for p in tmp_path.iterdir()
                  if "multiclass_select" in p.name and p.name.endswith("after_optimizations.txt")]
     assert len(optimized) == 2  # batch 3 and the halves of 70 (35 images each)
